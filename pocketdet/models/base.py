@@ -1,0 +1,95 @@
+"""The calling convention every pocketdet detector shares (torchvision-style).
+
+train: `losses = model(images, targets)`; eval: `model(images)` -> one dict per image with `boxes`
+(xyxy, input-image pixels), `scores`, `labels` (0-based index into `model.class_names`).
+`images` is a float tensor [N,3,H,W] in 0..1 or a list of [3,H,W] tensors of any size; resizing to the
+model's input size and mean/std normalisation happen inside.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DetectionModel(nn.Module):
+    arch: str = "base"
+
+    def __init__(self, num_classes: int, class_names: list[str] | None, input_size: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.input_size = int(input_size)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.postprocess_cfg: dict[str, Any] = {}
+
+    # -- pre-processing -------------------------------------------------------------------------
+    def resize_images(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Stretch every image to input_size x input_size (SSD/YOLO keep no aspect ratio)."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected images of shape [N,3,H,W], got {tuple(images.shape)}")
+            images = list(images)
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        s = self.input_size
+        out = [im if im.shape[-2:] == (s, s) else
+               F.interpolate(im[None].float(), size=(s, s), mode="bilinear", align_corners=False,
+                             antialias=True)[0] for im in images]
+        return torch.stack(out).float(), sizes
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.pixel_mean) / self.pixel_std
+
+    # -- the common entry point -----------------------------------------------------------------
+    def forward(self, images, targets: list[dict[str, torch.Tensor]] | None = None):
+        x, sizes = self.resize_images(images)
+        x = self.normalize(x)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            return self.compute_loss(x, self.scale_targets(targets, sizes))
+        return self.postprocess(self.forward_raw(x), sizes)
+
+    def scale_targets(self, targets, sizes):
+        s = float(self.input_size)
+        out = []
+        for t, (h, w) in zip(targets, sizes):
+            scale = torch.tensor([s / w, s / h, s / w, s / h], device=t["boxes"].device)
+            out.append({**t, "boxes": t["boxes"].float() * scale})
+        return out
+
+    @torch.no_grad()
+    def predict(self, images, score_thresh: float | None = None) -> list[dict[str, torch.Tensor]]:
+        """Eval-mode inference on tensors, PIL images, HxWx3 uint8 arrays or file paths."""
+        from .inputs import to_tensor_list  # local: keeps PIL out of model import time
+
+        was_training = self.training
+        self.eval()
+        try:
+            dev = self.pixel_mean.device
+            outs = self(to_tensor_list(images, dev))
+        finally:
+            self.train(was_training)
+        if score_thresh is not None:
+            outs = [{k: v[o["scores"] >= score_thresh] for k, v in o.items()} for o in outs]
+        return outs
+
+    # -- to implement ---------------------------------------------------------------------------
+    def forward_raw(self, x: torch.Tensor):
+        """The dense network on a normalised batch: what gets exported."""
+        raise NotImplementedError
+
+    def compute_loss(self, x: torch.Tensor, targets) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def postprocess(self, raw, sizes) -> list[dict[str, torch.Tensor]]:
+        raise NotImplementedError
