@@ -1,0 +1,229 @@
+"""`pocketdet` command line: train | val | predict | info | zoo (+ export, bench, convert, quantize, prune...).
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node 8 -m pocketdet.cli train ...` (plain torchrun + DDP).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Small, fast object detectors for phones and CPUs (PaddleDetection's mobile zoo in PyTorch).")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _user_errors():
+    from .config import ConfigError
+    from .data.errors import DataError
+    from .engine.checkpoint import CheckpointError
+    return (ConfigError, DataError, CheckpointError, FileNotFoundError)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="zoo name (see `pocketdet zoo`) or a config YAML"),
+    data: Path = typer.Option(..., "--data", help="dataset YAML (path/train/val/names)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default runs/<model>)"),
+    iters: Optional[int] = typer.Option(None, help="override schedule.max_iters (the schedule is rescaled)"),
+    batch_size: Optional[int] = typer.Option(None, help="images per process"),
+    lr: Optional[float] = typer.Option(None, help="base LR for the reference batch"),
+    workers: Optional[int] = typer.Option(None, help="data loader workers per process"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    resume: Optional[str] = typer.Option(None, help="checkpoint to resume from, or 'auto' for <out>/last.pt"),
+    pretrained: Optional[str] = typer.Option(None, help="backbone weights: path or URL (Paddle/torchvision/pocketdet)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip periodic evaluation"),
+    set_: list[str] = typer.Option([], "--set", help="config override key=value, e.g. train.ema_decay=0.9998"),
+):
+    """Train a zoo model on a COCO-format or YOLO-txt dataset."""
+    _setup_logging()
+    from .config import apply_overrides, load_config
+    from .data import build_dataset, load_dataset_yaml
+    from .engine.trainer import TrainOptions
+    from .engine.trainer import train as run_train
+
+    if device == "auto":
+        device = "cuda" if _cuda() else "cpu"
+    try:
+        cfg = load_config(model)
+        overrides = list(set_)
+        if iters is not None:
+            overrides += [f"train.schedule.max_iters={iters}"]
+        if batch_size is not None:
+            overrides.append(f"train.batch_size={batch_size}")
+        if lr is not None:
+            overrides.append(f"train.optimizer.lr={lr}")
+        if workers is not None:
+            overrides.append(f"train.num_workers={workers}")
+        if overrides:
+            cfg = apply_overrides(cfg, overrides)
+        spec = load_dataset_yaml(data)
+        train_ds = build_dataset(spec, "train")
+        val_ds = None if no_eval or spec.val is None else build_dataset(spec, "val", train_ds.class_names)
+        out_dir = out or Path("runs") / cfg.name
+        resume_path = (out_dir / "last.pt") if resume == "auto" else (Path(resume) if resume else None)
+        if resume == "auto" and not resume_path.exists():
+            resume_path = None
+        init_fn = None
+        if pretrained:
+            def init_fn(m, src=pretrained):
+                from .convert import load_backbone_weights
+                load_backbone_weights(m, src)
+        hooks = _family_hooks(cfg)
+        result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
+                                                        eval_dataset=val_ds, init_fn=init_fn, **hooks))
+    except _user_errors() as e:
+        _fail(str(e))
+    from .engine.distributed import is_main
+    if is_main():
+        typer.echo(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
+
+
+def _family_hooks(cfg) -> dict:
+    """Batch-level augmentation that some families need (YOLOv3 multi-scale + mixup, R-CNN multi-scale)."""
+    from .engine.family_hooks import hooks_for
+    return hooks_for(cfg)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+@app.command()
+def val(
+    model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
+    data: Path = typer.Option(..., "--data", help="dataset YAML"),
+    split: str = typer.Option("val", help="train | val | test"),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(2),
+    device: str = typer.Option("cpu"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the stats to this JSON file"),
+):
+    """COCO box AP of a model on a dataset split."""
+    _setup_logging()
+    from .api import model_from_name_or_checkpoint
+    from .data import build_dataset, load_dataset_yaml
+    from .engine.evaluate import evaluate
+
+    try:
+        m = model_from_name_or_checkpoint(model).to(device)
+        ds = build_dataset(load_dataset_yaml(data), split, m.class_names)
+    except _user_errors() as e:
+        _fail(str(e))
+    stats = evaluate(m, ds, batch_size=batch_size, num_workers=workers, device=device)
+    typer.echo("  ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+    if json_out:
+        json_out.write_text(json.dumps(stats, indent=2))
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="checkpoint (.pt), zoo name, or (with --runtime onnx) an .onnx file"),
+    sources: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for PNGs with boxes + predictions.json"),
+    conf: float = typer.Option(0.3, help="score threshold for drawing and JSON"),
+    runtime: str = typer.Option("torch", help="torch | onnx"),
+    threads: int = typer.Option(0, help="CPU threads (0: runtime default)"),
+):
+    """Detect objects in images; writes PNGs with boxes and class names, and a JSON file."""
+    _setup_logging()
+    from PIL import Image
+
+    from .viz import collect_images, detections_to_json, draw_detections
+
+    try:
+        paths = collect_images(sources)
+        predict_one, class_names = _predictor(model, runtime, threads)
+    except _user_errors() as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    from tqdm import tqdm
+    for p in tqdm(paths, desc="predict"):
+        try:
+            with Image.open(p) as im:
+                img = im.convert("RGB")
+        except OSError as e:
+            logging.getLogger("pocketdet").warning("skipping unreadable image %s: %s", p, e)
+            continue
+        boxes, scores, labels = predict_one(img)
+        draw_detections(img, boxes, scores, labels, class_names, conf).save(out / f"{p.stem}.png")
+        results.append(detections_to_json(p, boxes, scores, labels, class_names, conf))
+    (out / "predictions.json").write_text(json.dumps(results, indent=1))
+    typer.echo(f"{len(results)} images -> {out}/ (PNGs + predictions.json)")
+
+
+def _predictor(model: str, runtime: str, threads: int):
+    if runtime == "onnx":
+        from .deploy.runtime import Detector
+        det = Detector(model, threads=threads or None)
+
+        def run(img):
+            r = det.predict(img)
+            return r["boxes"], r["scores"], r["labels"]
+        return run, det.class_names
+    if runtime != "torch":
+        raise FileNotFoundError(f"unknown runtime {runtime!r} (torch | onnx)")
+    import torch
+
+    from .api import model_from_name_or_checkpoint
+    if threads:
+        torch.set_num_threads(threads)
+    m = model_from_name_or_checkpoint(model)
+
+    def run(img):
+        o = m.predict(img)[0]
+        return o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy()
+    return run, m.class_names
+
+
+@app.command()
+def info(model: str = typer.Argument(..., help="zoo name or checkpoint"),
+         size: Optional[int] = typer.Option(None, help="input size for FLOPs (default: the model's)")):
+    """Parameter count and FLOPs."""
+    from .api import count_flops, count_params, model_from_name_or_checkpoint
+
+    try:
+        m = model_from_name_or_checkpoint(model)
+    except _user_errors() as e:
+        _fail(str(e))
+    s = size or m.input_size
+    flops = count_flops(m, s)
+    typer.echo(f"model       {model} ({m.arch}, {m.num_classes} classes)")
+    typer.echo(f"parameters  {count_params(m):,} learnable")
+    typer.echo(f"FLOPs       {flops / 1e9:.3f} G at {s}x{s}  ({flops / 2e9:.3f} GMACs)")
+
+
+@app.command()
+def zoo():
+    """List the zoo models with their published COCO box AP."""
+    from .config import load_config, zoo_names
+
+    for name in zoo_names():
+        cfg = load_config(name)
+        ap = cfg.reference.get("box_ap")
+        typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())
