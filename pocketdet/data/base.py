@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
 from .errors import DataError
 
@@ -64,9 +64,11 @@ class DetectionDataset(torch.utils.data.Dataset):
     def load_image(self, i: int) -> torch.Tensor:
         rec = self.records[i]
         try:
-            img = decode_image(str(rec.path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError, ValueError) as e:
+            with Image.open(rec.path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/garbage files
             raise DataError(f"cannot decode image {rec.path}: {e}") from e
+        img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         if tuple(img.shape[-2:]) != (rec.height, rec.width):
             raise DataError(f"{rec.path}: image is {img.shape[-1]}x{img.shape[-2]} but the annotations say "
                             f"{rec.width}x{rec.height}")
@@ -101,8 +103,6 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 def read_image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header, without decoding; clear error for unreadable files."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.size

@@ -36,6 +36,7 @@ class TrainOptions:
     init_fn: Callable | None = None        # e.g. load --pretrained backbone weights into the fresh model
     collate_fn: Callable | None = None     # families with batch-level augmentation (multi-scale) set this
     dataset_wrapper: Callable | None = None  # families with sample-mixing augmentation (mixup) set this
+    stop_after: int | None = None          # stop (with a checkpoint) at this iteration: tests, time-boxed runs
 
 
 def effective_lr(cfg: ZooCfg, world_size: int) -> float:
@@ -140,8 +141,9 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
                     writer.add_scalar(f"train/{k}", v.item(), it)
                 writer.add_scalar("train/lr", optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1]["lr_mult"], it)
                 writer.add_scalar("train/images_per_s", ips, it)
+        stop = opts.stop_after is not None and it >= opts.stop_after
         last = it == t.schedule.max_iters
-        if last or it % t.checkpoint_interval == 0:
+        if last or stop or it % t.checkpoint_interval == 0:
             save("last.pt", it)
         if opts.eval_dataset is not None and (last or it % t.eval_interval == 0):
             if main:
@@ -158,6 +160,8 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
                 result["last_metrics"] = stats
                 model.train()
             dist_utils.barrier()
+        if stop:
+            break
     bar.close()
     result["images_per_s"] = seen / max(time.perf_counter() - t0, 1e-9)
     if writer is not None:

@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+
+# 2-core CI machine: keep intra-op threads fixed so runs are comparable and workers don't oversubscribe.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def coco128_yaml() -> Path:
+    return DATA / "coco128.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_yaml() -> Path:
+    return DATA / "demo.yaml"
+
+
+@pytest.fixture
+def tiny_coco(tmp_path, data_dir):
+    """A 4-image COCO-format copy of real coco128 photos, in tmp_path, that a test may break."""
+    import json
+    import shutil
+
+    src = json.loads((data_dir / "coco128/annotations/instances_train2017.json").read_text())
+    images = src["images"][:4]
+    ids = {im["id"] for im in images}
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for im in images:
+        shutil.copy(data_dir / "coco128/images/train2017" / im["file_name"], img_dir / im["file_name"])
+    ann = {"images": images, "annotations": [a for a in src["annotations"] if a["image_id"] in ids],
+           "categories": src["categories"]}
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps(ann))
+    return img_dir, ann_file, ann

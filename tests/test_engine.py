@@ -1,0 +1,143 @@
+"""Optimizer groups, LR schedule, checkpoints (atomic, weights-only), exact resume, COCO eval parity."""
+import copy
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import pocketdet
+from pocketdet.config import apply_overrides, load_config
+from pocketdet.data import CocoDetection
+from pocketdet.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from pocketdet.engine.evaluate import coco_eval
+from pocketdet.engine.optim import lr_factor, param_groups
+from pocketdet.engine.trainer import TrainOptions, train
+
+
+def test_param_groups_follow_paddle_per_parameter_rules():
+    cfg = load_config("ssdlite_mnv3_large_320")
+    m = pocketdet.build("ssdlite_mnv3_large_320")
+    groups = param_groups(m, cfg.train.optimizer, base_lr=1.0)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    named = dict(m.named_parameters())
+    assert by_param[id(named["backbone.conv1.conv.weight"])]["lr"] == 0.25          # stage 0
+    assert by_param[id(named["backbone.conv8.expand_conv.conv.weight"])]["lr"] == 0.5  # block 6 -> index 2
+    assert by_param[id(named["backbone.conv16.linear_conv.conv.weight"])]["lr"] == 0.75
+    assert by_param[id(named["backbone.conv17.conv.weight"])]["lr"] == 0.75        # extra layers inherit 0.75
+    assert by_param[id(named["ssd_head.boxes0.pw_conv.weight"])]["lr"] == 1.0
+    # effective decay: 4e-5 on conv weights and SE params, 0 on BN
+    assert by_param[id(named["backbone.conv5.mid_se.conv1.bias"])]["weight_decay"] == 4e-5
+    assert by_param[id(named["backbone.conv5.expand_conv.bn.weight"])]["weight_decay"] == 0.0
+    assert by_param[id(named["ssd_head.scores3.dw_conv.weight"])]["weight_decay"] == 4e-5
+    small = pocketdet.build("ssdlite_mnv3_small_320")
+    g = param_groups(small, cfg.train.optimizer, 1.0)
+    lr = {id(p): x["lr"] for x in g for p in x["params"]}
+    assert lr[id(dict(small.named_parameters())["backbone.conv13.conv.weight"])] == 0.5  # Small: 11 blocks -> 0.5
+    assert sum(p.numel() for x in g for p in x["params"]) == sum(p.numel() for p in small.parameters())
+
+
+def test_lr_schedule_warmup_then_cosine():
+    s = load_config("ssdlite_mnv3_large_320").train.schedule
+    assert lr_factor(0, s) == pytest.approx(0.33333 * 0.5 * (1 + math.cos(math.pi * 2000 / 400000)), rel=1e-4)
+    assert lr_factor(2000, s) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2000 / 400000)))
+    assert lr_factor(200000, s) == pytest.approx(0.5)
+    assert lr_factor(400000, s) == pytest.approx(0.0, abs=1e-12)
+    assert all(lr_factor(i, s) <= lr_factor(i + 1, s) for i in range(0, 2000, 100))
+    p = s.model_copy(update={"type": "piecewise", "milestones": [10, 20], "warmup_iters": 0})
+    assert [lr_factor(i, p) for i in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(2)}}, path)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_atomic({"model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_malicious_checkpoint_runs_nothing(tmp_path):
+    _Evil.marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(bad)
+    assert not _Evil.marker.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        pocketdet.load(tmp_path / "garbage.pt")
+
+
+@pytest.fixture
+def four_images(tiny_coco):
+    img_dir, ann_file, _ = tiny_coco
+    return CocoDetection(img_dir, ann_file)
+
+
+def _cfg(iters, **extra):
+    over = [f"train.schedule.max_iters={iters}", "train.schedule.warmup_iters=2", "train.batch_size=2",
+            "train.num_workers=0", "train.checkpoint_interval=3", "train.optimizer.lr=0.4"]
+    return apply_overrides(load_config("ssdlite_mnv3_small_320"), over + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_resume_is_exact(tmp_path, four_images):
+    straight = train(_cfg(6), four_images, TrainOptions(out_dir=tmp_path / "a", progress=False))
+    # the same 6-iteration run, interrupted after 3 iterations (checkpoint_interval 3) and resumed
+    first = tmp_path / "b"
+    train(_cfg(6, **{"train.schedule.max_iters": 6}), four_images,
+          TrainOptions(out_dir=first, progress=False, stop_after=3))
+    ck3 = load_checkpoint(first / "last.pt")
+    assert ck3["iteration"] == 3
+    train(_cfg(6), four_images, TrainOptions(out_dir=first, progress=False, resume=first / "last.pt"))
+    a, b = load_checkpoint(straight["last"]), load_checkpoint(first / "last.pt")
+    assert b["iteration"] == a["iteration"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert not torch.equal(a["model"]["ssd_head.boxes0.pw_conv.weight"], ck3["model"]["ssd_head.boxes0.pw_conv.weight"])
+
+
+def test_faster_coco_eval_equals_pycocotools(data_dir):
+    import contextlib
+    import io
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = json.loads((data_dir / "coco_mini/annotations/instances_val2017.json").read_text())
+    g = torch.Generator().manual_seed(0)
+    dets = []
+    for a in gt["annotations"]:  # jittered GT boxes + random false positives, random scores
+        x, y, w, h = a["bbox"]
+        j = (torch.rand(4, generator=g) - 0.5) * 0.3
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": float(torch.rand(1, generator=g)),
+                     "bbox": [x + j[0].item() * w, y + j[1].item() * h, w * (1 + j[2].item()), h * (1 + j[3].item())]})
+        if torch.rand(1, generator=g) < 0.3:
+            dets.append({"image_id": a["image_id"], "category_id": 1, "score": float(torch.rand(1, generator=g)),
+                         "bbox": [10.0, 10.0, 50.0, 80.0]})
+    ours = coco_eval(gt, dets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        c = COCO()
+        c.dataset = copy.deepcopy(gt)
+        c.createIndex()
+        ev = COCOeval(c, c.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert 0.2 < ours["AP"] < 0.95
+    for i, k in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]):
+        assert ours[k] == pytest.approx(ev.stats[i], abs=1e-6), k
