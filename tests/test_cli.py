@@ -1,0 +1,52 @@
+"""The CLI end to end on real photos, and its errors for bad input."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pocketdet.cli import app
+
+runner = CliRunner()
+
+
+def test_zoo_and_info():
+    r = runner.invoke(app, ["zoo"])
+    assert r.exit_code == 0 and "ssdlite_mnv3_large_320" in r.output and "23.3" in r.output
+    r = runner.invoke(app, ["info", "ssdlite_mnv3_small_320"])
+    assert r.exit_code == 0 and "1,917,854" in r.output and "FLOPs" in r.output
+
+
+def test_train_val_predict(tmp_path, tiny_coco):
+    img_dir, ann_file, _ = tiny_coco
+    data = tmp_path / "d.yaml"
+    data.write_text(f"train: {{images: {img_dir}, annotations: {ann_file}}}\nval: {{images: {img_dir}, annotations: {ann_file}}}\n")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "ssdlite_mnv3_small_320", "--data", str(data), "--out", str(out), "--iters", "2",
+                            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--set", "train.eval_interval=2"])
+    assert r.exit_code == 0, r.output
+    assert (out / "last.pt").exists() and (out / "best.pt").exists()
+    r = runner.invoke(app, ["val", str(out / "best.pt"), "--data", str(data), "--workers", "0",
+                            "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert set(json.loads((tmp_path / "s.json").read_text())) >= {"AP", "AP50", "images_per_s"}
+    pred = tmp_path / "pred"
+    r = runner.invoke(app, ["predict", str(out / "best.pt"), str(img_dir), "--out", str(pred), "--conf", "0.0"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((pred / "predictions.json").read_text())
+    assert len(res) == 4 and len(list(pred.glob("*.png"))) == 4
+    det = res[0]["detections"][0]
+    assert set(det) == {"box_xyxy", "score", "label", "class_name"}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "no_such_model", "--data", "x.yaml"], "unknown zoo model 'no_such_model'"),
+    (["train", "ssdlite_mnv3_small_320", "--data", "missing.yaml"], "dataset YAML not found"),
+    (["train", "ssdlite_mnv3_small_320", "--data", "missing.yaml", "--set", "train.bogus=1"], "train.bogus"),
+    (["train", "ssdlite_mnv3_small_320", "--data", "missing.yaml", "--set", "train.batch_size=many"],
+     "train.batch_size"),
+    (["predict", "ssdlite_mnv3_small_320", "/nonexistent/*.jpg"], "no images found"),
+    (["val", "missing_ckpt.pt", "--data", "x.yaml"], "checkpoint not found"),
+])
+def test_bad_input_is_a_clear_error(args, msg):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and msg in r.output, r.output
