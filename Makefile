@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pocketdet-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean paddle-env
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -24,3 +24,17 @@ bench: install
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Optional: PaddlePaddle + paddledet as a numerical reference for the weight converters
+# (tests/test_convert_paddle.py skips its live-parity part without it). About 1.5 GB, CPU only.
+PADDLE_VENV ?= .venv-paddle
+PADDLE_DEPS := tqdm typeguard PyYAML shapely scipy terminaltables pycocotools opencv-python-headless \
+	requests six matplotlib scikit-learn pyclipper Cython pandas motmetrics lap numpy pillow
+paddle-env: $(PADDLE_VENV)/.paddle-installed
+
+$(PADDLE_VENV)/.paddle-installed:
+	@test -x $(PADDLE_VENV)/bin/python || $(PYTHON) -m venv $(PADDLE_VENV)
+	$(PADDLE_VENV)/bin/python -m pip install --disable-pip-version-check -q paddlepaddle==3.3.1 $(PADDLE_DEPS)
+	# paddledet's own pins (numpy<1.24, ...) are stale: install it without them
+	$(PADDLE_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps paddledet==2.6.0
+	@touch $@

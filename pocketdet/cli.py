@@ -76,11 +76,7 @@ def train(
         resume_path = (out_dir / "last.pt") if resume == "auto" else (Path(resume) if resume else None)
         if resume == "auto" and not resume_path.exists():
             resume_path = None
-        init_fn = None
-        if pretrained:
-            def init_fn(m, src=pretrained):
-                from .convert import load_backbone_weights
-                load_backbone_weights(m, src)
+        init_fn = _pretrained_init(pretrained) if pretrained else None
         hooks = _family_hooks(cfg)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
@@ -89,6 +85,14 @@ def train(
     from .engine.distributed import is_main
     if is_main():
         typer.echo(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
+
+
+def _pretrained_init(src: str):
+    """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache)."""
+    def init(model):
+        from .convert import load_backbone_weights
+        load_backbone_weights(model, src)
+    return init
 
 
 def _family_hooks(cfg) -> dict:
@@ -219,6 +223,108 @@ def zoo():
         cfg = load_config(name)
         ap = cfg.reference.get("box_ap")
         typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}")
+
+
+# -- convert: Paddle / torchvision weights -> pocketdet checkpoints --------------------------------------
+convert_app = typer.Typer(no_args_is_help=True,
+                          help="Convert PaddleDetection or torchvision weights into a pocketdet checkpoint.")
+app.add_typer(convert_app, name="convert")
+
+
+def _convert_errors():
+    from .config import ConfigError
+    from .convert.common import WeightConversionError
+    from .convert.paddle_io import PaddleFormatError
+    return (ConfigError, WeightConversionError, PaddleFormatError)
+
+
+@convert_app.command("paddle")
+def convert_paddle_cmd(
+    src: Path = typer.Argument(..., help=".pdparams (dygraph or static), persistables folder, or .tar of either"),
+    model: str = typer.Option(..., "--model", help="zoo name, e.g. ssdlite_mnv3_large_320"),
+    out: Path = typer.Option(..., "-o", "--out", help="pocketdet checkpoint to write (.pt)"),
+    names: Optional[Path] = typer.Option(None, "--names",
+                                         help="class names, one per line (needed when not COCO's 80)"),
+):
+    """Paddle weights -> pocketdet checkpoint (refuses, naming them, keys that do not fit)."""
+    from .convert.common import save_converted
+    from .convert.paddle import convert_paddle
+
+    try:
+        class_names = [n.strip() for n in names.read_text().splitlines() if n.strip()] if names else None
+        m, report = convert_paddle(src, model, class_names=class_names)
+    except _convert_errors() + (OSError,) as e:
+        _fail(str(e))
+    save_converted(m, out)
+    typer.echo(report.summary())
+    typer.echo(f"wrote {out}")
+
+
+@convert_app.command("torchvision")
+def convert_torchvision_cmd(
+    src: Path = typer.Argument(..., help="torchvision state dict (.pth)"),
+    model: str = typer.Option("ssdlite320_mobilenet_v3_large", "--model", help="torchvision model name"),
+    out: Path = typer.Option(..., "-o", "--out", help="pocketdet checkpoint to write (.pt)"),
+):
+    """torchvision SSDLite -> pocketdet checkpoint: the backbone maps, extras and head need fine-tuning."""
+    from .convert.common import save_converted
+    from .convert.torchvision import convert_torchvision
+
+    try:
+        m, report = convert_torchvision(src, model)
+    except _convert_errors() as e:
+        _fail(str(e))
+    save_converted(m, out)
+    typer.echo(report.summary())
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
+    format: str = typer.Option("onnx", "--format", help="onnx | ncnn (ncnn needs the 'mobile' extra: ncnn + pnnx)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output file (.onnx) or ncnn name (writes NAME.ncnn.param/.bin/.json)"),
+    opset: int = typer.Option(17, help="ONNX opset (>= 17)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX: dynamic batch dimension"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip the torch-vs-runtime check on real photos"),
+    images: list[Path] = typer.Option([], "--image", help="photos for verification (default: 4 from data/coco128)"),
+):
+    """Export for deployment, then verify raw outputs and detections against torch (fails on a mismatch)."""
+    _setup_logging()
+    from .deploy.export import ExportVerificationError, export_model
+    from .deploy.runtime import ModelFileError
+
+    try:
+        path, report = export_model(model, out, format=format, verify=not no_verify, images=images or None,
+                                    opset=opset, dynamic_batch=dynamic_batch)
+    except _user_errors() + (ExportVerificationError, ModelFileError, ValueError, ImportError, NotImplementedError) as e:
+        _fail(str(e))
+    if report is not None:
+        typer.echo(report.summary())
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    models: list[str] = typer.Argument(None, help="zoo names (default: every zoo model)"),
+    runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime", help="torch | onnxruntime | ncnn"),
+    threads: list[int] = typer.Option([1, 2], "--threads", help="thread counts to measure"),
+    runs: int = typer.Option(50, help="timed runs per measurement (after warmup)"),
+    warmup: int = typer.Option(5, help="untimed runs first"),
+    md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file whose deploy-zoo section is replaced"),
+    png: Path = typer.Option(Path("docs/latency_vs_ap.png"), help="latency-vs-AP plot"),
+):
+    """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn."""
+    _setup_logging()
+    from .deploy.bench import bench_command
+
+    command = "pocketdet bench " + " ".join(sys.argv[2:])
+    try:
+        bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
+                      command=command, progress=typer.echo)
+    except _user_errors() + (ValueError,) as e:
+        _fail(str(e))
+    typer.echo(f"results -> {md} (section deploy-zoo), plot -> {png}")
 
 
 def main():

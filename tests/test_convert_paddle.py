@@ -14,13 +14,10 @@ float32 outputs are held to 1e-3 and to identical detections after NMS.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 

@@ -242,7 +242,10 @@ def test_ncnn_missing_sidecar(tmp_path):
 def test_replace_section_keeps_other_sections(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")
-    replace_section(md, "deploy", "first")
-    replace_section(md, "deploy", "second")
+    replace_section(md, "deploy-zoo", "first", parent="deploy")
+    replace_section(md, "deploy-peers", "peers", parent="deploy")
+    replace_section(md, "deploy-zoo", "second", parent="deploy")
     text = md.read_text()
-    assert "keep me" in text and "second" in text and "first" not in text and text.count("deploy:start") == 1
+    assert "keep me" in text and "second" in text and "first" not in text and text.count("deploy-zoo:start") == 1
+    inner = text.split("<!-- deploy:start -->")[1].split("<!-- deploy:end -->")[0]
+    assert "second" in inner and "peers" in inner and "keep me" not in inner

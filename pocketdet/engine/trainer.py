@@ -61,6 +61,7 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
     model = build_model(cfg.model, class_names=train_dataset.class_names).to(device)
     if opts.init_fn is not None:
         opts.init_fn(model)
+    model.use_channels_last()
     if t.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     base_lr = effective_lr(cfg, world)

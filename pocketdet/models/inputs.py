@@ -29,7 +29,7 @@ def _one(im) -> torch.Tensor:
     if isinstance(im, np.ndarray):
         if im.ndim != 3 or im.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 array, got shape {im.shape}")
-        return torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1).float() / 255.0
     if isinstance(im, torch.Tensor):
         if im.dim() != 3 or im.shape[0] != 3:
             raise ValueError(f"expected a [3,H,W] tensor, got {tuple(im.shape)}")

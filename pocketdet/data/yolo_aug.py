@@ -1,0 +1,329 @@
+"""YOLOv3 training augmentation (spec §4.5, S24 static/configs/yolov3_reader.yml), on torchvision v2 samples.
+
+A sample is `(tv_tensors.Image uint8 [3,H,W], {"boxes": tv_tensors.BoundingBoxes XYXY pixels,
+"labels": int64, ...})`. Order, as Paddle's reader:
+
+1. `MixupDataset` (dataset wrapper): blend with a random other sample, Beta(1.5, 1.5), while enabled
+   (the first 250 epochs); every target gets `scores` (the mix weight of its image, 1 without mixup).
+2. `build_yolo_transforms()` per sample: ColorDistort (random order) -> RandomZoomOut (Paddle RandomExpand)
+   -> SSD-style IoU crop -> horizontal flip -> first 50 boxes (PadBox) -> drop degenerate boxes.
+3. `RandomShapeCollate` per batch: one random size from 320..608 (step 32) and one random interpolation
+   for the whole batch; returns float images in 0..1 (normalisation happens inside the model).
+
+All randomness comes from torch's global RNG, so seeding torch per sample / per batch reproduces a run.
+Images stay uint8 between steps (Paddle keeps float32): each photometric op result is rounded once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+# Paddle RandomExpand fill: the ImageNet mean in 0..255 (rounded: the canvas is uint8 here)
+EXPAND_FILL = (124, 116, 104)
+
+# YIQ <-> RGB matrices of Paddle's ColorDistort.apply_hue (standard NTSC coefficients)
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+_YIQ2RGB = torch.tensor([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.107, 1.705]])
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand(()))
+
+
+# -- 1. mixup -----------------------------------------------------------------------------------------
+class MixupDataset(torch.utils.data.Dataset):
+    """Paddle MixupImage: blend sample i with a random sample j, factor ~ Beta(alpha, beta); the canvas is
+    max(H) x max(W), both images top-left aligned; boxes of i get score = factor, boxes of j 1 - factor.
+    A factor of exactly 0 or 1 returns one image alone, as Paddle does.
+
+    Whether mixing is on, in order of precedence:
+    - keyed access `ds[(stream_pos, idx)]` with `until_position` set: on while stream_pos < until_position
+      (= mixup_iters x global batch), which is exact under resume whatever the DataLoader prefetches;
+    - `enabled_fn()` if given;
+    - a flag in shared memory, `set_enabled()` / `on_iteration()`. DataLoader workers are separate
+      processes: a closure over trainer state is copied into each worker when it starts and never sees later
+      changes, while the shared flag is seen by all of them (up to the batches already prefetched).
+    Randomness (partner, factor) is drawn from torch's global RNG: seed it around the access for
+    reproducible runs."""
+
+    def __init__(self, base_dataset, alpha: float = 1.5, beta: float = 1.5,
+                 enabled_fn: Callable[[], bool] | None = None, until_position: int | None = None,
+                 until_iter: int | None = None):
+        self.base = base_dataset
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.enabled_fn = enabled_fn
+        self.until_position, self.until_iter = until_position, until_iter
+        self._flag = torch.ones(1, dtype=torch.uint8).share_memory_()
+
+    def set_enabled(self, on: bool) -> None:
+        self._flag.fill_(int(bool(on)))
+
+    def on_iteration(self, iteration: int) -> None:
+        """Trainer hook: mixup stays on for iterations < until_iter (Paddle: the first 250 epochs)."""
+        if self.until_iter is not None:
+            self.set_enabled(iteration < self.until_iter)
+
+    def enabled(self) -> bool:
+        return bool(self.enabled_fn()) if self.enabled_fn is not None else bool(self._flag.item())
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            pos, idx = key
+            on = pos < self.until_position if self.until_position is not None else self.enabled()
+        else:
+            idx, on = key, self.enabled()
+        image, target = self.base[idx]
+        if not on or len(self.base) < 2:
+            return image, with_scores(target, 1.0)
+        factor = float(torch.distributions.Beta(self.alpha, self.beta).sample().clamp(0.0, 1.0))
+        other = int(torch.randint(len(self.base), ()))
+        if factor >= 1.0:
+            return image, with_scores(target, 1.0)
+        image2, target2 = self.base[other]
+        if factor <= 0.0:
+            return image2, with_scores(target2, 1.0)
+        return mixup_pair(image, target, image2, target2, factor)
+
+
+def with_scores(target: dict, value: float) -> dict:
+    n = len(target["boxes"])
+    out = dict(target)
+    out["scores"] = torch.full((n,), float(value)) if "scores" not in target else target["scores"] * value
+    return out
+
+
+def mixup_pair(image1, target1, image2, target2, factor: float):
+    h = max(image1.shape[-2], image2.shape[-2])
+    w = max(image1.shape[-1], image2.shape[-1])
+    canvas = torch.zeros(3, h, w, dtype=torch.float32)
+    canvas[:, : image1.shape[-2], : image1.shape[-1]] += image1.float() * factor
+    canvas[:, : image2.shape[-2], : image2.shape[-1]] += image2.float() * (1.0 - factor)
+    image = tv_tensors.Image(canvas.round_().clamp_(0, 255).to(torch.uint8))
+    t1, t2 = with_scores(target1, factor), with_scores(target2, 1.0 - factor)
+    boxes = torch.cat([t1["boxes"].as_subclass(torch.Tensor).float(), t2["boxes"].as_subclass(torch.Tensor).float()])
+    out = {k: v for k, v in target1.items() if k not in ("boxes", "labels", "scores")}
+    out["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
+    out["labels"] = torch.cat([torch.as_tensor(t1["labels"]), torch.as_tensor(t2["labels"])]).long()
+    out["scores"] = torch.cat([t1["scores"], t2["scores"]]).float()
+    return image, out
+
+
+# -- 2. per-sample transforms -------------------------------------------------------------------------
+class ColorDistort(v2.Transform):
+    """Paddle ColorDistort with random_apply: brightness, contrast, saturation and hue in a random order,
+    each applied with probability `p`.
+
+    As in Paddle's operator (S24 static/ppdet/data/transform/operators.py), not torchvision's ColorJitter:
+    brightness *adds* a delta from [0.5, 1.5] to 0..255 pixels (a near no-op, but that is the recipe),
+    contrast multiplies pixels by a delta (no mean centring), saturation blends with the luma gray, and hue
+    rotates the chroma in YIQ space by a delta in degrees."""
+
+    def __init__(self, hue=(-18.0, 18.0), saturation=(0.5, 1.5), contrast=(0.5, 1.5), brightness=(0.5, 1.5),
+                 p: float = 0.5):
+        super().__init__()
+        self.ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        names = list(self.ranges)
+        ops = []
+        for i in torch.randperm(len(names)).tolist():
+            if float(torch.rand(())) < self.p:
+                ops.append((names[i], _uniform(*self.ranges[names[i]])))
+        return {"ops": ops}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image) or not params["ops"]:
+            return inpt
+        img = inpt.as_subclass(torch.Tensor).float()
+        for name, delta in params["ops"]:
+            img = getattr(self, f"_{name}")(img, delta)
+        out = img.round_().clamp_(0, 255).to(inpt.dtype) if inpt.dtype == torch.uint8 else img
+        return tv_tensors.wrap(out, like=inpt)
+
+    @staticmethod
+    def _brightness(img, delta):
+        return img + delta
+
+    @staticmethod
+    def _contrast(img, delta):
+        return img * delta
+
+    @staticmethod
+    def _saturation(img, delta):
+        gray = torch.einsum("c,chw->hw", torch.tensor([0.299, 0.587, 0.114]), img)[None]
+        return img * delta + gray * (1.0 - delta)
+
+    @staticmethod
+    def _hue(img, delta):
+        u, w = math.cos(delta * math.pi / 180), math.sin(delta * math.pi / 180)
+        rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, u, -w], [0.0, w, u]])
+        t = _YIQ2RGB @ rot @ _RGB2YIQ
+        return torch.einsum("dc,chw->dhw", t, img)
+
+
+class PaddleIoUCrop(v2.RandomIoUCrop):
+    """Paddle's SSD-style RandomCrop defaults (thresholds .0-.9 plus "no crop", scale [0.3, 1], aspect ratio
+    [0.5, 2], 50 attempts per threshold): the thresholds are tried once each in a random order; for each,
+    scale and aspect ratio are drawn jointly (crop = scale/sqrt(ar) x scale*sqrt(ar) of the image), and a
+    crop is taken if its best IoU with any GT reaches the threshold and some GT centre lies inside it.
+    torchvision's RandomIoUCrop draws w and h independently and resamples thresholds until one succeeds.
+    Images without boxes are left uncropped (Paddle returns them unchanged)."""
+
+    def __init__(self, thresholds=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9), scaling=(0.3, 1.0), aspect_ratio=(0.5, 2.0),
+                 num_attempts: int = 50, allow_no_crop: bool = True):
+        super().__init__(min_scale=scaling[0], max_scale=scaling[1], min_aspect_ratio=aspect_ratio[0],
+                         max_aspect_ratio=aspect_ratio[1])
+        self.thresholds = list(thresholds) + ([None] if allow_no_crop else [])
+        self.scaling, self.aspect_ratio, self.num_attempts = scaling, aspect_ratio, num_attempts
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        from torchvision.ops import box_iou
+        from torchvision.transforms.v2._utils import get_bounding_boxes, query_size
+
+        h, w = query_size(flat_inputs)
+        boxes = get_bounding_boxes(flat_inputs)
+        boxes = v2.functional.convert_bounding_box_format(boxes.as_subclass(torch.Tensor), boxes.format,
+                                                          tv_tensors.BoundingBoxFormat.XYXY).float()
+        if boxes.numel() == 0:
+            return {}
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        for i in torch.randperm(len(self.thresholds)).tolist():
+            thresh = self.thresholds[i]
+            if thresh is None:
+                return {}
+            for _ in range(self.num_attempts):
+                scale = _uniform(*self.scaling)
+                ar = _uniform(max(self.aspect_ratio[0], scale ** 2), min(self.aspect_ratio[1], scale ** -2))
+                crop_h, crop_w = int(h * scale / math.sqrt(ar)), int(w * scale * math.sqrt(ar))
+                if crop_h < 1 or crop_w < 1:
+                    continue
+                top = int(torch.randint(max(h - crop_h, 1), ()))
+                left = int(torch.randint(max(w - crop_w, 1), ()))
+                crop = torch.tensor([[left, top, left + crop_w, top + crop_h]], dtype=boxes.dtype)
+                if box_iou(boxes, crop).max() < thresh:
+                    continue
+                inside = ((centres >= crop[0, :2]) & (centres < crop[0, 2:])).all(1)
+                clipped = torch.cat([boxes[:, :2].maximum(crop[0, :2]), boxes[:, 2:].minimum(crop[0, 2:])], 1)
+                inside &= (clipped[:, :2] < clipped[:, 2:]).all(1)
+                if inside.any():
+                    return dict(top=top, left=left, height=crop_h, width=crop_w, is_within_crop_area=inside)
+        return {}
+
+
+class KeepFirstBoxes(v2.Transform):
+    """Paddle's PadBox(num_max_boxes=50) keeps only the first 50 GTs of an image."""
+
+    def __init__(self, max_boxes: int = 50):
+        super().__init__()
+        self.max_boxes = max_boxes
+
+    def forward(self, *inputs):
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image, target = sample
+        if len(target["boxes"]) <= self.max_boxes:
+            return sample
+        target = dict(target)
+        for k in ("boxes", "labels", "scores"):
+            if k in target:
+                target[k] = target[k][: self.max_boxes]
+        return image, target
+
+
+class DrawBatchShape(v2.Transform):
+    """Stores two uniform numbers in the target (`shape_draw`) that `RandomShapeCollate` uses, from the first
+    sample of a batch, to pick the batch size and interpolation. The per-sample transform runs under a seed
+    derived from the sample's stream position, so the batch shape is reproducible under resume, which the
+    collate's own RNG (a DataLoader worker's) is not."""
+
+    def forward(self, *inputs):
+        image, target = inputs if len(inputs) > 1 else inputs[0]
+        return image, {**target, "shape_draw": torch.rand(2)}
+
+
+def _labels_and_scores(sample):
+    target = sample[1]
+    return (target["labels"], target["scores"]) if "scores" in target else target["labels"]
+
+
+def build_yolo_transforms(max_boxes: int = 50) -> v2.Compose:
+    """The per-sample part of the YOLOv3 reader (after mixup, before the batch resize)."""
+    return v2.Compose([
+        ColorDistort(),
+        v2.RandomZoomOut(fill={tv_tensors.Image: EXPAND_FILL, "others": 0}, side_range=(1.0, 4.0), p=0.5),
+        PaddleIoUCrop(),
+        v2.RandomHorizontalFlip(0.5),
+        KeepFirstBoxes(max_boxes),
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_scores),
+        DrawBatchShape(),
+    ])
+
+
+# -- 3. batch resize ------------------------------------------------------------------------------------
+# cv2 interpolations of Paddle's RandomShape and their closest torch equivalents: nearest, linear, area,
+# cubic, lanczos4 (no lanczos for tensors: bicubic with antialiasing stands in)
+INTERPOLATIONS = (("nearest", False), ("bilinear", False), ("area", False), ("bicubic", False), ("bicubic", True))
+
+
+class RandomShapeCollate:
+    """Collate a list of (uint8 image, target) into (float images [N,3,S,S] in 0..1, targets) with one random
+    S from `sizes` and one random interpolation per batch (Paddle RandomShape; aspect not kept). Target
+    boxes become plain float tensors in pixels of the S x S batch."""
+
+    def __init__(self, sizes=range(320, 609, 32), interpolations=INTERPOLATIONS):
+        self.sizes = [int(s) for s in sizes]
+        if not self.sizes:
+            raise ValueError("RandomShapeCollate needs at least one size")
+        self.interpolations = list(interpolations)
+
+    def __call__(self, batch):
+        draw = batch[0][1].get("shape_draw") if batch else None
+        draw = torch.rand(2) if draw is None else draw
+        size = self.sizes[min(int(draw[0] * len(self.sizes)), len(self.sizes) - 1)]
+        mode, antialias = self.interpolations[min(int(draw[1] * len(self.interpolations)),
+                                                  len(self.interpolations) - 1)]
+        images, targets = [], []
+        for image, target in batch:
+            h, w = image.shape[-2:]
+            x = image.as_subclass(torch.Tensor).float()[None] / 255.0
+            kwargs = {} if mode in ("nearest", "area") else {"align_corners": False, "antialias": antialias}
+            x = F.interpolate(x, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)
+            images.append(x)
+            t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in target.items()
+                 if k != "shape_draw"}
+            scale = torch.tensor([size / w, size / h, size / w, size / h])
+            t["boxes"] = t["boxes"].float().reshape(-1, 4) * scale
+            t["labels"] = torch.as_tensor(t["labels"]).long()
+            t["orig_size"] = (int(h), int(w))
+            targets.append(t)
+        return torch.stack(images), targets
+
+
+# -- trainer wiring -------------------------------------------------------------------------------------
+def train_hooks(cfg) -> dict:
+    """TrainOptions fields for `augment: yolo`: the mixup dataset wrapper (on for `train.extra.mixup_iters`
+    iterations, spec §4.5) and the multi-scale batch collate."""
+    from ..config import ConfigError
+
+    mixup_iters = cfg.train.extra.get("mixup_iters", 0)
+    if not isinstance(mixup_iters, int) or isinstance(mixup_iters, bool) or mixup_iters < 0:
+        raise ConfigError(f"config {cfg.name}: train.extra.mixup_iters must be an integer >= 0, got {mixup_iters!r}")
+    batch = cfg.train.batch_size
+
+    def wrap(dataset):
+        world = torch.distributed.get_world_size() if (torch.distributed.is_available()
+                                                       and torch.distributed.is_initialized()) else 1
+        ds = MixupDataset(dataset, 1.5, 1.5, until_position=mixup_iters * batch * world, until_iter=mixup_iters)
+        ds.set_enabled(mixup_iters > 0)
+        return ds
+
+    return {"dataset_wrapper": wrap, "collate_fn": RandomShapeCollate()}

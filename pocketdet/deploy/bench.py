@@ -1,0 +1,344 @@
+"""Latency benchmarks (batch 1): torch eager vs ONNX Runtime vs ncnn, for every zoo model."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _load_chw(path) -> torch.Tensor:
+    from . import npops
+
+    return torch.from_numpy(npops.load_rgb(path).copy()).permute(2, 0, 1).float() / 255.0
+
+
+@torch.no_grad()
+def make_trained_like(model, calib_images, logit_scale: float = 60.0, background_offset: float = 100.0):
+    """Turn a randomly initialised SSD-style model into one whose outputs *look* trained, for latency and
+    parity measurements only (no accuracy): BN statistics re-estimated on real photos (random-init
+    activations otherwise shrink to ~1e-10 through the network, which makes every comparison vacuous), then
+    the class logits sharpened and the background favoured so that, like a trained SSDLite, a few hundred
+    (class, prior) pairs pass the 0.01 score threshold instead of all of them (measured: ~285 per coco128
+    photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.reset_running_stats()
+        b.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    x, _ = model.resize_images([_load_chw(p) for p in calib_images])
+    model.forward_raw(model.normalize(x))
+    for b, mom in zip(bns, saved):
+        b.momentum = mom
+    model.eval()
+    head = getattr(model, "ssd_head", None)
+    if head is not None:
+        c = head.num_classes
+        for i in range(head.levels):
+            w = getattr(head, f"scores{i}").pw_conv.weight  # [A*(C+1), Cin, 1, 1]; background is class 0
+            w.mul_(logit_scale)
+            w.view(-1, c, w.shape[1])[:, 0] += background_offset / w.shape[1]
+    return model
+
+
+def calibration_images(n: int = 16) -> list[Path]:
+    root = Path(__file__).resolve().parents[2] / "data" / "coco128" / "images" / "train2017"
+    return sorted(root.glob("*.jpg"))[:n]
+
+
+# -- machine ------------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    """CPU model, logical cores, the SIMD flags that matter for inference, load average."""
+    import os
+    import platform
+
+    info = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(), "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                info["cpu"] = val.strip()
+            elif key == "flags" and not info["flags"]:
+                have = set(val.split())
+                info["flags"] = [f for f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni",
+                                             "avx_vnni", "amx_tile") if f in have]
+    except OSError:
+        pass
+    try:
+        info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    import onnxruntime
+    info["versions"] = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                        "numpy": np.__version__}
+    try:
+        import ncnn
+        info["versions"]["ncnn"] = getattr(ncnn, "__version__", "?")
+    except ImportError:
+        pass
+    return info
+
+
+def gemm_peak_gflops(threads: int = 1, n: int = 1024, seconds: float = 1.5) -> float:
+    """Measured fp32 GEMM throughput (torch.mm, n x n), best of repeated runs: the machine's practical peak."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        best, t_end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        return 2 * n ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(prev)
+
+
+def dense_flops(model) -> int:
+    """FLOPs (2 x MACs) of `forward_raw` on one input-size image (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    s = model.input_size
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.forward_raw(torch.zeros(1, 3, s, s))
+    return int(fc.get_total_flops())
+
+
+# -- timing -------------------------------------------------------------------------------------------------
+def time_interleaved(fns: dict, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Run every function `runs` times, round-robin, so that load changes on a shared machine hit all of
+    them alike; returns seconds per call."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def stats_ms(ts: list[float]) -> dict:
+    a = np.asarray(ts) * 1e3
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "min_ms": float(a.min())}
+
+
+@dataclass
+class BenchRow:
+    model: str
+    runtime: str
+    threads: int
+    forward: dict            # dense graph only, on a resized [1,3,S,S] input
+    end_to_end: dict | None  # predict() on a decoded HxWx3 photo: resize + forward + decode + NMS
+    gflops: float            # dense-graph FLOPs / 1e9
+    box_ap: float | None     # published (Paddle) COCO box AP of the zoo entry; not measured here
+    note: str = ""
+
+
+RUNTIMES = ("torch", "onnxruntime", "ncnn")
+
+
+def _runtime_available(rt: str) -> str | None:
+    if rt == "ncnn":
+        try:
+            import ncnn  # noqa: F401
+            import pnnx  # noqa: F401
+        except ImportError:
+            return "ncnn/pnnx not installed (pip install 'pocketdet[mobile]')"
+    return None
+
+
+def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
+              image=None, workdir="runs/bench", trained_like: bool = True, progress=print) -> list[BenchRow]:
+    """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
+    pocketdet/zoo). Runtimes of one (model, threads) run interleaved. With `trained_like`, weights are
+    made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates."""
+    from pocketdet.config import load_config, zoo_names
+    from pocketdet.models import build_model
+
+    from .export import GRAPH_WRAPPERS, export_onnx, graph_spec
+    from .runtime import Detector
+
+    if runs < 1:
+        raise ValueError("runs must be >= 1")
+    models = list(models or zoo_names())
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    image = image or (Path(__file__).resolve().parents[2] / "data" / "coco128" / "images" / "val2017" /
+                      "000000000139.jpg")
+    from . import npops
+
+    rgb = npops.load_rgb(image)
+    rows: list[BenchRow] = []
+    calib = calibration_images() if trained_like else []
+    for name in models:
+        cfg = load_config(name)
+        model = build_model(cfg.model).eval()
+        if trained_like:
+            make_trained_like(model, calib)
+        flops = dense_flops(model) / 1e9
+        ap = cfg.reference.get("box_ap")
+        backends, notes = {}, {}
+        exportable = model.arch in GRAPH_WRAPPERS
+        for rt in runtimes:
+            why = _runtime_available(rt)
+            if rt != "torch" and not exportable:
+                why = f"no export graph for arch {model.arch}"
+            if why:
+                notes[rt] = why
+                continue
+            if rt == "onnxruntime":
+                backends[rt] = export_onnx(model, workdir / f"{name}.onnx", name=name)
+            elif rt == "ncnn":
+                from .mobile import export_ncnn
+                backends[rt] = export_ncnn(model, workdir / name, name=name)
+        spec = graph_spec(model) if exportable else None
+        x = npops.resize_chw(rgb, model.input_size)
+        xt = torch.from_numpy(x)
+        for th in threads:
+            torch.set_num_threads(th)
+            fns, e2e = {}, {}
+            with torch.no_grad():
+                dense = spec.module if spec is not None else (lambda t: model.forward_raw(model.normalize(t)))
+                fns["torch"] = lambda: dense(xt)
+                e2e["torch"] = lambda: model.predict(rgb)
+                for rt, path in backends.items():
+                    if rt == "onnxruntime":
+                        det = Detector(path, threads=th)
+                    else:
+                        from .mobile import NcnnDetector
+                        det = NcnnDetector(path, threads=th)
+                    fns[rt] = (lambda d: lambda: d.forward(x))(det)
+                    e2e[rt] = (lambda d: lambda: d.predict(rgb))(det)
+                progress(f"bench {name} threads={th}: {', '.join(fns)}")
+                t_fwd = time_interleaved({k: v for k, v in fns.items() if k in runtimes}, runs, warmup)
+                t_e2e = time_interleaved({k: v for k, v in e2e.items() if k in runtimes}, runs, warmup)
+            for rt in runtimes:
+                if rt in t_fwd:
+                    rows.append(BenchRow(name, rt, th, stats_ms(t_fwd[rt]), stats_ms(t_e2e[rt]), flops, ap))
+                else:
+                    rows.append(BenchRow(name, rt, th, {}, None, flops, ap, notes.get(rt, "")))
+    return rows
+
+
+# -- reports --------------------------------------------------------------------------------------------------
+def rows_markdown(rows: list[BenchRow]) -> str:
+    lines = ["| model | runtime | threads | forward median / p90 (ms) | predict median / p90 (ms) | predict / forward "
+             "| GFLOPs | published AP |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r.forward:
+            lines.append(f"| {r.model} | {r.runtime} | {r.threads} | — ({r.note}) | — | — | {r.gflops:.2f} | "
+                         f"{r.box_ap if r.box_ap is not None else '—'} |")
+            continue
+        f, e = r.forward, r.end_to_end
+        lines.append(f"| {r.model} | {r.runtime} | {r.threads} | {f['median_ms']:.1f} / {f['p90_ms']:.1f} | "
+                     f"{e['median_ms']:.1f} / {e['p90_ms']:.1f} | {e['median_ms'] / f['median_ms']:.2f} | "
+                     f"{r.gflops:.2f} | {r.box_ap if r.box_ap is not None else '—'} |")
+    return "\n".join(lines)
+
+
+def machine_markdown(info: dict) -> str:
+    v = ", ".join(f"{k} {val}" for k, val in info.get("versions", {}).items())
+    return (f"Machine: {info['cpu']}, {info['logical_cores']} logical cores, flags {' '.join(info['flags'])}; "
+            f"load average at start {info.get('load_avg')}; {v}.")
+
+
+def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | None:
+    """Predict latency (x) vs published AP (y), one marker per runtime, at `threads`."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pts = [r for r in rows if r.threads == threads and r.end_to_end and r.box_ap is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for rt, marker in zip(RUNTIMES, "os^"):
+        sel = [r for r in pts if r.runtime == rt]
+        if sel:
+            ax.scatter([r.end_to_end["median_ms"] for r in sel], [r.box_ap for r in sel], marker=marker, label=rt)
+    for r in pts:
+        if r.runtime == "onnxruntime" or not any(p.model == r.model and p.runtime == "onnxruntime" for p in pts):
+            ax.annotate(r.model, (r.end_to_end["median_ms"], r.box_ap), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"predict latency, ms (batch 1, {threads} thread{'s' if threads > 1 else ''}, log scale)")
+    ax.set_ylabel("published COCO box AP (Paddle)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _replace_block(text: str, marker: str, body: str, parent: str | None = None) -> str:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        return head + block + rest.split(end, 1)[1]
+    if parent is not None:  # a new sub-section goes at the end of its parent section
+        p_end = f"<!-- {parent}:end -->"
+        if p_end not in text:
+            text = _replace_block(text, parent, "## Deployment: export, runtimes, latency")
+        head, tail = text.split(p_end, 1)
+        return head.rstrip() + "\n\n" + block + "\n" + p_end + tail
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def replace_section(path, marker: str, body: str, parent: str | None = None) -> None:
+    """Replace the text between `<!-- {marker}:start -->` and `<!-- {marker}:end -->` in `path`, leaving the
+    other sections of a shared file alone. An absent section is appended, inside section `parent` if given
+    (BENCHMARKS.md: `deploy-zoo` and `deploy-peers` live inside `deploy`)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    path.write_text(_replace_block(text, marker, body, parent))
+
+
+def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | None) -> str:
+    import datetime
+
+    lines = ["### Zoo latency: torch eager vs ONNX Runtime vs ncnn (`pocketdet bench`)", "",
+             f"Command: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
+             "Batch 1. *forward*: the exported dense graph (eager: the same wrapper module) on a resized input. "
+             "*predict*: a decoded 640x427 photo to final boxes (resize, normalise, network, decode, NMS). "
+             "Weights are random but made trained-like (`make_trained_like`: BN statistics from real photos, "
+             "sharpened class logits) so that post-processing sees a realistic number of candidates. "
+             "AP is the published Paddle number of the zoo entry, not measured here.", "",
+             rows_markdown(rows)]
+    if png is not None:
+        lines += ["", f"![latency vs AP]({png.as_posix()})"]
+    return "\n".join(lines)
+
+
+def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
+                  md="BENCHMARKS.md", png="docs/latency_vs_ap.png", workdir="runs/bench", command: str = "",
+                  progress=print) -> list[BenchRow]:
+    """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
+    `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`."""
+    info = machine_info()
+    rows = run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress)
+    png_path = plot_latency_vs_ap(rows, png, threads=min(threads)) if png else None
+    if png_path is not None and md:
+        try:  # a repo-relative link when both live in the repo
+            png_path = png_path.resolve().relative_to(Path(md).resolve().parent)
+        except ValueError:
+            pass
+    if md:
+        replace_section(md, "deploy-zoo", bench_report(rows, info, command or "pocketdet bench", png_path),
+                        parent="deploy")
+    return rows

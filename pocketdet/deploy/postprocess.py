@@ -1,0 +1,91 @@
+"""Per-architecture numpy post-processing of an exported graph's outputs (torch-free).
+
+An exported model's metadata names its `arch`; the runtime looks the arch up in `POSTPROCESSORS`.
+A new family plugs in by registering one class here (and one graph wrapper in `export.py`):
+
+    @register_postprocess("yolov3")
+    class YoloPostprocess:
+        def __init__(self, meta): ...          # once per model: parse anchors etc. from the metadata
+        def __call__(self, outputs, cfg, image_wh) -> dict: ...
+
+`meta` is the model's metadata dict (see export.py; `arch_meta` holds what the arch stored at export
+time), `outputs` maps the graph's output names to arrays (batch dimension included, batch 1), `cfg` the
+post-processing thresholds (metadata's `postprocess_cfg`, possibly overridden by the caller) and
+`image_wh` the original image's (width, height). It returns numpy `boxes` [N,4] xyxy in original-image
+pixels, `scores` [N] and `labels` [N] (0-based class indices), sorted by score.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import npops
+
+POSTPROCESSORS: dict[str, type] = {}
+
+
+def register_postprocess(arch: str):
+    def deco(cls: type) -> type:
+        POSTPROCESSORS[arch] = cls
+        return cls
+    return deco
+
+
+def empty_detections() -> dict:
+    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+            "labels": np.zeros(0, np.int64)}
+
+
+def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, cfg: dict, image_wh: tuple[float, float]) -> dict:
+    """Shared tail for dense detectors: boxes [P,4] xyxy (clipped), scores [P,C] (no background column) ->
+    per class the `nms_top_k` best above `score_thresh`, NMS, `keep_top_k` best; boxes multiplied by
+    image_wh at the end (normalised boxes -> pixels; pass (1, 1) for boxes already in pixels).
+    Mirrors `pocketdet.models.ssdlite.nms_per_class`."""
+    prior_idx, labels, cand_scores = npops.per_class_candidates(scores, cfg["score_thresh"], cfg["nms_top_k"])
+    if prior_idx.size == 0:
+        return empty_detections()
+    cand_boxes = boxes[prior_idx]
+    keep = npops.batched_nms(cand_boxes, cand_scores, labels, cfg["nms_thresh"], cfg["keep_top_k"])
+    w, h = image_wh
+    scale = np.array([w, h, w, h], np.float32)
+    return {"boxes": cand_boxes[keep] * scale, "scores": cand_scores[keep], "labels": labels[keep].astype(np.int64)}
+
+
+@register_postprocess("ssdlite")
+class SSDPostprocess:
+    """Outputs `boxes` [1,P,4] + `scores` [1,P,C] when the export decoded in the graph, else `deltas`
+    [1,P,4] + `logits` [1,P,C+1] (background first) and the priors in `arch_meta`."""
+
+    def __init__(self, meta: dict):
+        arch_meta = meta["arch_meta"]
+        self.decoded_in_graph = bool(arch_meta["decoded_in_graph"])
+        if not self.decoded_in_graph:
+            self.priors = np.asarray(arch_meta["priors"], np.float32).reshape(-1, 4)
+            self.variance = tuple(arch_meta["variance"])
+
+    def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int]) -> dict:
+        if self.decoded_in_graph:
+            boxes, scores = outputs["boxes"][0], outputs["scores"][0]
+        else:
+            scores = npops.softmax(outputs["logits"][0])[:, 1:]
+            boxes = np.clip(npops.decode_boxes(outputs["deltas"][0], self.priors, self.variance), 0.0, 1.0)
+        return class_wise_nms(boxes, scores, cfg, image_wh)
+
+
+@register_postprocess("yolov3")
+class YOLOv3Postprocess:
+    """Graph outputs `boxes` [1,P,4] xyxy in input pixels and `scores` [1,P,C] (sigmoid(obj) * sigmoid(cls),
+    zeroed below conf_thresh in the graph). Mirrors `YOLOv3.postprocess`: stretch to the original image,
+    clip to [0, W-1] x [0, H-1], class-wise NMS."""
+
+    def __init__(self, meta: dict):
+        self.input_hw = tuple(meta["arch_meta"]["input_hw"])
+        self.clip = bool(meta["arch_meta"]["clip_bbox"])
+
+    def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int]) -> dict:
+        w, h = image_wh
+        scale = np.array([w / self.input_hw[1], h / self.input_hw[0]] * 2, np.float32)
+        boxes = outputs["boxes"][0] * scale
+        if self.clip:
+            hi = np.array([w - 1, h - 1, w - 1, h - 1], np.float32)
+            boxes = np.minimum(np.maximum(boxes, np.float32(0)), hi)
+        return class_wise_nms(boxes, outputs["scores"][0], cfg, (1, 1))
