@@ -313,6 +313,7 @@ def bench(
     warmup: int = typer.Option(5, help="untimed runs first"),
     md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file whose deploy-zoo section is replaced"),
     png: Path = typer.Option(Path("docs/latency_vs_ap.png"), help="latency-vs-AP plot"),
+    merge: bool = typer.Option(False, "--merge", help="keep earlier rows (runs/bench/rows.json) of other models/threads"),
 ):
     """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn."""
     _setup_logging()
@@ -321,10 +322,89 @@ def bench(
     command = "pocketdet bench " + " ".join(sys.argv[2:])
     try:
         bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
-                      command=command, progress=typer.echo)
+                      command=command, progress=typer.echo, merge=merge)
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
     typer.echo(f"results -> {md} (section deploy-zoo), plot -> {png}")
+
+
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="float checkpoint (.pt) or zoo name"),
+    method: str = typer.Option("ptq", "--method", help="ptq (calibrate only) | qat (fake-quant fine-tuning)"),
+    data: Path = typer.Option(..., "--data", help="dataset YAML (QAT trains on its train split; PTQ calibrates "
+                                                  "on it) or, for PTQ, a folder of images"),
+    out: Path = typer.Option(..., "-o", "--out", help="quantized checkpoint to write (.pt)"),
+    not_quant: list[str] = typer.Option([], "--not-quant", help="layers kept float: Paddle scopes res_conv1 / "
+                                        "se_block, or module-name globs/regexes; repeatable"),
+    calib_images: int = typer.Option(32, "--calib-images", help="calibration images"),
+    iters: Optional[int] = typer.Option(None, help="QAT: override schedule.max_iters"),
+    lr: Optional[float] = typer.Option(None, help="QAT: base LR (no batch scaling)"),
+    batch_size: Optional[int] = typer.Option(None, help="QAT: images per step"),
+):
+    """int8 quantization (ONNX Runtime QDQ); `pocketdet export OUT --format onnx` then writes the int8 model."""
+    _setup_logging()
+    from .compress.quant import QuantError, quantize_checkpoint
+
+    try:
+        summary = quantize_checkpoint(model, method, data, out, not_quant, calib_images, iters, lr, batch_size)
+    except _user_errors() + (QuantError,) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = typer.Argument(..., help="YOLOv3 checkpoint (.pt) or zoo name (random init)"),
+    params: list[str] = typer.Option([], "--params", help="convs to prune: static Paddle names "
+                                     "(yolo_block.0.0.0.conv.weights), module names or globs; comma-separated "
+                                     "or repeated. Default: the seed's 18 head convs"),
+    ratios: list[str] = typer.Option([], "--ratios", help="fraction of filters removed: one for all, or one per "
+                                     "param (comma-separated or repeated). Default: the seed's 0.75 x12, 0.875 x6"),
+    criterion: str = typer.Option("fpgm", "--criterion", help="fpgm | l1 | l2"),
+    out: Path = typer.Option(..., "-o", "--out", help="pruned checkpoint to write (.pt)"),
+):
+    """Structured FPGM / L1 / L2 filter pruning of the YOLOv3 head (the seed's "prune75875" by default)."""
+    _setup_logging()
+    from .compress.prune import SEED_PRUNE_PARAMS, SEED_PRUNE_RATIOS, PruneError, prune_checkpoint
+
+    names = [p for item in params for p in item.split(",") if p.strip()] or SEED_PRUNE_PARAMS
+    try:
+        rs = [float(r) for item in ratios for r in item.split(",") if r.strip()]
+    except ValueError:
+        _fail(f"--ratios must be numbers, got {ratios}")
+    if not rs and params:
+        _fail("--ratios is required with --params")
+    rs = rs or SEED_PRUNE_RATIOS
+    try:
+        summary = prune_checkpoint(model, out, [n.strip() for n in names], rs, criterion)
+    except _user_errors() + (PruneError,) as e:
+        _fail(str(e))
+    summary.pop("pruned", None)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: str = typer.Option(..., "--teacher", help="teacher YOLOv3 checkpoint (e.g. YOLOv3-ResNet34)"),
+    student: str = typer.Option(..., "--student", help="student checkpoint (e.g. from `pocketdet prune`)"),
+    data: Path = typer.Option(..., "--data", help="dataset YAML (trains on its train split)"),
+    iters: int = typer.Option(..., "--iters", help="training iterations"),
+    out: Path = typer.Option(..., "-o", "--out", help="distilled checkpoint to write (.pt)"),
+    batch_size: Optional[int] = typer.Option(None, help="images per step (default: the student recipe's)"),
+    lr: Optional[float] = typer.Option(None, help="LR used as is (default: recipe LR scaled to the batch)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    workers: int = typer.Option(0, help="data loader workers"),
+):
+    """Fine-tune a student with its YOLOv3 loss + split distillation (x1000) from a frozen teacher (spec 5.2)."""
+    _setup_logging()
+    from .compress.distill import DistillError, distill_checkpoint
+
+    try:
+        summary = distill_checkpoint(teacher, student, data, iters, out, batch_size, lr, device, workers)
+    except _user_errors() + (DistillError,) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def main():
