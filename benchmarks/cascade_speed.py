@@ -48,7 +48,8 @@ def cpu_name() -> str:
 def load_photos(n: int):
     from pocketdet.data import CocoDetection
 
-    ds = CocoDetection(ROOT / "data/coco128/images/train2017", ROOT / "data/coco128/annotations/instances_train2017.json")
+    ds = CocoDetection(ROOT / "data/coco128/images/train2017",
+                       ROOT / "data/coco128/annotations/instances_train2017.json")
     return [ds[i] for i in range(n)]
 
 
@@ -131,17 +132,20 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="intra-op thread counts to measure (on a busy shared machine, 2 threads measure "
+                         "OpenMP spin-waiting more than compute: use 1)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     photos = load_photos(args.photos)
     load_before = os.getloadavg()[0]
     rows_inf, rows_train = [], []
     for size in (320, 640):
-        for threads in (1, 2):
+        for threads in args.threads:
             r = bench_inference(size, photos, threads, args.repeats)
             rows_inf.append((size, threads, r))
             print(size, threads, r, flush=True)
-        for threads in (1, 2):
+        for threads in args.threads:
             r = bench_training(size, photos, threads, args.train_iters)
             rows_train.append((size, threads, r))
             print(size, threads, "train", r, flush=True)
@@ -183,8 +187,12 @@ def main() -> None:
         "",
         f"Measured {datetime.date.today().isoformat()}, {cpu_name()}, {os.cpu_count()} vCPUs, torch "
         f"{torch.__version__}; the machine was shared with other jobs (1-min load average {load_before:.1f} "
-        f"before, {load_after:.1f} after), so treat the numbers as upper bounds. Command: "
-        "`.venv/bin/python benchmarks/cascade_speed.py`.",
+        f"before, {load_after:.1f} after), so treat the wall times as upper bounds"
+        + ("" if len(args.threads) > 1 else
+           "; only 1-thread rows: with both vCPUs busy, a 2-thread run measures OpenMP spin-waiting "
+           "(seconds per image), not compute. Re-run with `--threads 1 2` on an idle machine")
+        + ". Command: "
+        f"`.venv/bin/python benchmarks/cascade_speed.py --threads {' '.join(map(str, args.threads))}`.",
     ]
     block = "\n".join(lines)
     print(block)

@@ -20,7 +20,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ssdlite_mnv3_small_320")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "demo.yaml")
-    ap.add_argument("--iters", type=int, default=400)
+    ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     args = ap.parse_args(argv)

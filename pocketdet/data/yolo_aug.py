@@ -10,7 +10,9 @@ A sample is `(tv_tensors.Image uint8 [3,H,W], {"boxes": tv_tensors.BoundingBoxes
 3. `RandomShapeCollate` per batch: one random size from 320..608 (step 32) and one random interpolation
    for the whole batch; returns float images in 0..1 (normalisation happens inside the model).
 
-All randomness comes from torch's global RNG, so seeding torch per sample / per batch reproduces a run.
+All randomness comes from torch's global RNG, so seeding torch per sample reproduces a run; the batch's size
+and interpolation are drawn by the last per-sample step (`DrawBatchShape`) for the same reason, and the
+collate uses the first sample's draw.
 Images stay uint8 between steps (Paddle keeps float32): each photometric op result is rounded once.
 """
 from __future__ import annotations

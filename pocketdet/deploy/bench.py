@@ -158,10 +158,13 @@ def _runtime_available(rt: str) -> str | None:
 
 
 def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
-              image=None, workdir="runs/bench", trained_like: bool = True, progress=print) -> list[BenchRow]:
+              image=None, workdir="runs/bench", trained_like: bool = True, progress=print,
+              on_model_done=None) -> list[BenchRow]:
     """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
     pocketdet/zoo). Runtimes of one (model, threads) run interleaved. With `trained_like`, weights are
-    made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates."""
+    made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
+    A runtime that fails to export or load a model becomes a row with the error as its note.
+    `on_model_done(rows_so_far)` is called after each model (bench_command writes partial reports)."""
     from pocketdet.config import load_config, zoo_names
     from pocketdet.models import build_model
 
@@ -196,11 +199,15 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
             if why:
                 notes[rt] = why
                 continue
-            if rt == "onnxruntime":
-                backends[rt] = export_onnx(model, workdir / f"{name}.onnx", name=name)
-            elif rt == "ncnn":
-                from .mobile import export_ncnn
-                backends[rt] = export_ncnn(model, workdir / name, name=name)
+            try:
+                if rt == "onnxruntime":
+                    backends[rt] = Detector(export_onnx(model, workdir / f"{name}.onnx", name=name))
+                elif rt == "ncnn":
+                    from .mobile import NcnnDetector, export_ncnn
+                    backends[rt] = NcnnDetector(export_ncnn(model, workdir / name, name=name))
+            except Exception as e:  # one runtime's failure must not lose the other measurements
+                notes[rt] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                progress(f"bench {name} {rt}: {notes[rt]}")
         spec = graph_spec(model) if exportable else None
         x = npops.resize_chw(rgb, model.input_size)
         xt = torch.from_numpy(x)
@@ -211,22 +218,24 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
                 dense = spec.module if spec is not None else (lambda t: model.forward_raw(model.normalize(t)))
                 fns["torch"] = lambda: dense(xt)
                 e2e["torch"] = lambda: model.predict(rgb)
-                for rt, path in backends.items():
-                    if rt == "onnxruntime":
-                        det = Detector(path, threads=th)
-                    else:
-                        from .mobile import NcnnDetector
-                        det = NcnnDetector(path, threads=th)
+                for rt, loaded in backends.items():
+                    det = type(loaded)(loaded.source, threads=th)
                     fns[rt] = (lambda d: lambda: d.forward(x))(det)
                     e2e[rt] = (lambda d: lambda: d.predict(rgb))(det)
                 progress(f"bench {name} threads={th}: {', '.join(fns)}")
-                t_fwd = time_interleaved({k: v for k, v in fns.items() if k in runtimes}, runs, warmup)
-                t_e2e = time_interleaved({k: v for k, v in e2e.items() if k in runtimes}, runs, warmup)
+                # forward and predict of every runtime in one round-robin: their ratio sees the same load
+                both = {**{("fwd", k): v for k, v in fns.items() if k in runtimes},
+                        **{("e2e", k): v for k, v in e2e.items() if k in runtimes}}
+                t_both = time_interleaved(both, runs, warmup)
+                t_fwd = {k: v for (kind, k), v in t_both.items() if kind == "fwd"}
+                t_e2e = {k: v for (kind, k), v in t_both.items() if kind == "e2e"}
             for rt in runtimes:
                 if rt in t_fwd:
                     rows.append(BenchRow(name, rt, th, stats_ms(t_fwd[rt]), stats_ms(t_e2e[rt]), flops, ap))
                 else:
                     rows.append(BenchRow(name, rt, th, {}, None, flops, ap, notes.get(rt, "")))
+        if on_model_done is not None:
+            on_model_done(rows)
     return rows
 
 
@@ -313,7 +322,7 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
     import datetime
 
     lines = ["### Zoo latency: torch eager vs ONNX Runtime vs ncnn (`pocketdet bench`)", "",
-             f"Command: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
+             f"Commands: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
              "Batch 1. *forward*: the exported dense graph (eager: the same wrapper module) on a resized input. "
              "*predict*: a decoded 640x427 photo to final boxes (resize, normalise, network, decode, NMS). "
              "Weights are random but made trained-like (`make_trained_like`: BN statistics from real photos, "
@@ -327,18 +336,40 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
                   md="BENCHMARKS.md", png="docs/latency_vs_ap.png", workdir="runs/bench", command: str = "",
-                  progress=print) -> list[BenchRow]:
+                  progress=print, merge: bool = False) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
-    `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`."""
+    `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`.
+    Rows are also saved to `workdir/rows.json`; with `merge`, earlier rows of other (model, runtime,
+    threads) combinations are kept, so a long benchmark can be run in parts."""
+    import dataclasses
+    import json
+
     info = machine_info()
-    rows = run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress)
-    png_path = plot_latency_vs_ap(rows, png, threads=min(threads)) if png else None
-    if png_path is not None and md:
-        try:  # a repo-relative link when both live in the repo
-            png_path = png_path.resolve().relative_to(Path(md).resolve().parent)
-        except ValueError:
-            pass
-    if md:
-        replace_section(md, "deploy-zoo", bench_report(rows, info, command or "pocketdet bench", png_path),
-                        parent="deploy")
-    return rows
+    store = Path(workdir) / "rows.json"
+    old = []
+    if merge and store.exists():
+        old = [BenchRow(**r) for r in json.loads(store.read_text())]
+    commands = [command or "pocketdet bench"]
+    if merge and (Path(workdir) / "commands.json").exists():
+        commands = json.loads((Path(workdir) / "commands.json").read_text()) + commands
+
+    def report(new_rows):
+        keys = {(r.model, r.runtime, r.threads) for r in new_rows}
+        rows = [r for r in old if (r.model, r.runtime, r.threads) not in keys] + list(new_rows)
+        rank = {rt: i for i, rt in enumerate(RUNTIMES)}
+        rows.sort(key=lambda r: (r.model, r.threads, rank.get(r.runtime, len(rank))))
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        (Path(workdir) / "commands.json").write_text(json.dumps(commands))
+        png_path = plot_latency_vs_ap(rows, png, threads=min(threads)) if png else None
+        if png_path is not None and md:
+            try:  # a repo-relative link when both live in the repo
+                png_path = png_path.resolve().relative_to(Path(md).resolve().parent)
+            except ValueError:
+                pass
+        if md:
+            replace_section(md, "deploy-zoo", bench_report(rows, info, "`; `".join(commands), png_path),
+                            parent="deploy")
+
+    return run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
+                     on_model_done=report)

@@ -73,9 +73,9 @@ class SSDPostprocess:
 
 @register_postprocess("yolov3")
 class YOLOv3Postprocess:
-    """Graph outputs `boxes` [1,P,4] xyxy in input pixels and `scores` [1,P,C] (sigmoid(obj) * sigmoid(cls),
-    zeroed below conf_thresh in the graph). Mirrors `YOLOv3.postprocess`: stretch to the original image,
-    clip to [0, W-1] x [0, H-1], class-wise NMS."""
+    """Graph outputs `boxes` [1,P,4] xyxy in input pixels, `scores` [1,P,C] = sigmoid(obj) * sigmoid(cls) and
+    `objectness` [1,P]. Mirrors `YOLOv3.decode` + `postprocess`: scores zeroed where obj < conf_thresh,
+    boxes stretched to the original image and clipped to [0, W-1] x [0, H-1], class-wise NMS."""
 
     def __init__(self, meta: dict):
         self.input_hw = tuple(meta["arch_meta"]["input_hw"])
@@ -88,4 +88,9 @@ class YOLOv3Postprocess:
         if self.clip:
             hi = np.array([w - 1, h - 1, w - 1, h - 1], np.float32)
             boxes = np.minimum(np.maximum(boxes, np.float32(0)), hi)
-        return class_wise_nms(boxes, outputs["scores"][0], cfg, (1, 1))
+        scores = outputs["scores"][0]
+        low = outputs["objectness"][0] < cfg["conf_thresh"]
+        if low.any():
+            scores = scores.copy()
+            scores[low] = 0.0
+        return class_wise_nms(boxes, scores, cfg, (1, 1))

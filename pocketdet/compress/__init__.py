@@ -1,0 +1,1 @@
+"""Model compression: int8 quantization (`quant`), pruning and distillation."""

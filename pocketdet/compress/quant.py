@@ -1,0 +1,432 @@
+"""int8 quantization: post-training (PTQ) and quantization-aware training (QAT), deployed as a QDQ int8 ONNX
+model that `pocketdet.Detector` runs with ONNX Runtime.
+
+Why this route (measured, BENCHMARKS.md section `quant`): torch 2.14.1 no longer ships
+`torch.ao.quantization.quantize_pt2e` and torchao is not installed, so PT2E is not available here; the deployed
+runtime is ONNX Runtime anyway, so both methods end in ORT's static quantizer (`quantize_static`, QDQ format,
+per-channel symmetric int8 weights, per-tensor asymmetric uint8 activations: ORT's U8S8 kernels, the fast pair
+on x86).
+
+* PTQ: export the float model (`deploy.export.export_onnx`), calibrate activation ranges (MinMax) on N real
+  images, quantize.
+* QAT: eager fake-quant fine-tuning. Every quantized `nn.Conv2d` is swapped for `QATConv2d`: per-tensor
+  fake-quant of its input (moving-average min/max, rate 0.9 as PaddleSlim's `moving_average_abs_max`) and
+  per-channel symmetric fake-quant of its weight (abs-max per output channel, PaddleSlim's
+  `channel_wise_abs_max`). BN stays live, as in PaddleSlim's quant_aware: with per-channel symmetric weights,
+  folding BN at export (w * gamma / sigma per output channel) scales each channel's grid with its weights, so
+  the int8 weight values are the same as those trained. After training, the float weights are exported and
+  ORT quantizes them with the activation scales learned by the QAT observers (`TensorQuantOverrides` on each
+  quantized conv's input); tensors QAT does not observe (conv outputs, adds) are calibrated as in PTQ.
+  Deviation from PaddleSlim: activations are asymmetric uint8 (ORT's U8S8 fast path) rather than symmetric
+  abs-max int8.
+
+`not_quant` patterns keep layers float. The Paddle recipe's names are accepted (spec §3.7): `res_conv1` = every
+backbone depthwise conv (+BN+act) = `backbone.conv*.bottleneck_conv`; `se_block` = every SE block =
+`backbone.conv*.mid_se`. Any other pattern is a pocketdet module-name glob (`backbone.conv*.mid_se`) or regex
+(`backbone\\.conv\\d+\\.mid_se`), matched against a module's full dotted name or any of its parents.
+
+The quantized checkpoint is a normal pocketdet checkpoint (float weights loadable by `pocketdet.load`) plus
+`"quant"`: {method, not_quant, activation_type, weight_type, calibration_images, onnx: uint8 tensor with the
+int8 ONNX file's bytes}. `pocketdet export CKPT --format onnx -o q.onnx` writes that int8 file (export.py).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("pocketdet.quant")
+
+# Paddle name scopes used by the mobile zoo's --not_quant_pattern (spec §3.7) -> pocketdet module regexes.
+PADDLE_NOT_QUANT = {
+    "res_conv1": [r"backbone\.conv\d+\.bottleneck_conv"],
+    "se_block": [r"backbone\.conv\d+\.mid_se"],
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class QuantError(ValueError):
+    """Bad quantization input (pattern, data, checkpoint); the message names it."""
+
+
+# -- not-quant patterns ------------------------------------------------------------------------------------
+def compile_patterns(patterns) -> list[re.Pattern]:
+    """Paddle scope names, globs or regexes -> compiled regexes over dotted module names."""
+    out = []
+    for p in patterns or []:
+        if p in PADDLE_NOT_QUANT:
+            out += [re.compile(r) for r in PADDLE_NOT_QUANT[p]]
+        elif any(c in p for c in "*?[") and not any(c in p for c in "\\+()|^$"):
+            out.append(re.compile(fnmatch.translate(p)))
+        else:
+            try:
+                out.append(re.compile(p))
+            except re.error as e:
+                raise QuantError(f"not-quant pattern {p!r} is neither a Paddle scope "
+                                 f"({', '.join(PADDLE_NOT_QUANT)}), a glob nor a valid regex: {e}") from None
+    return out
+
+
+def excluded(module_name: str, regexes: list[re.Pattern]) -> bool:
+    """Whether `module_name` or one of its parents fully matches a pattern."""
+    parts = module_name.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(r.fullmatch(p) for r in regexes for p in prefixes)
+
+
+def onnx_node_module(node_name: str) -> str:
+    """`/backbone/conv2/mid_se/conv1/Conv` (the TorchScript exporter's scope name) -> `backbone.conv2.mid_se.conv1`."""
+    return ".".join(node_name.strip("/").split("/")[:-1])
+
+
+# -- QAT: fake-quant convs ---------------------------------------------------------------------------------
+def _act_fake_quant() -> nn.Module:
+    from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
+
+    # averaging_constant 0.1 == PaddleSlim moving_rate 0.9
+    return FakeQuantize(MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine, averaging_constant=0.1)
+
+
+def _weight_fake_quant() -> nn.Module:
+    from torch.ao.quantization import FakeQuantize, PerChannelMinMaxObserver
+
+    # [-127, 127]: the symmetric range ORT uses for int8 weights, so the trained grid is the deployed one
+    return FakeQuantize(PerChannelMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                        qscheme=torch.per_channel_symmetric, ch_axis=0)
+
+
+class QATConv2d(nn.Conv2d):
+    """nn.Conv2d with fake-quantized input (per tensor) and weight (per output channel). Keeps the conv's
+    parameter names, so optimizers' param groups and the float state dict are unchanged."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "QATConv2d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        q.act_fq = _act_fake_quant()
+        q.weight_fq = _weight_fake_quant()
+        return q.to(conv.weight.device)
+
+    def forward(self, x):
+        # observe activation ranges only while training: evaluation must not move the learned scales
+        self.act_fq.observer_enabled[0] = int(self.training)
+        return self._conv_forward(self.act_fq(x), self.weight_fq(self.weight), self.bias)
+
+    def input_qparams(self) -> tuple[float, int]:
+        scale, zp = self.act_fq.calculate_qparams()
+        return float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+
+
+def prepare_qat(model: nn.Module, not_quant=()) -> list[str]:
+    """Swap every conv not matched by `not_quant` for a QATConv2d, in place; returns the quantized names."""
+    regexes = compile_patterns(not_quant)
+    names = []
+    for name, mod in list(model.named_modules()):
+        if type(mod) is nn.Conv2d and not excluded(name, regexes):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, QATConv2d.from_conv(mod))
+            names.append(name)
+    if not names:
+        raise QuantError(f"not-quant patterns {list(not_quant)} exclude every conv: nothing to quantize")
+    return names
+
+
+def qat_input_ranges(model: nn.Module) -> dict[str, tuple[float, int]]:
+    """{module name: (input scale, zero point)} of every QATConv2d that has observed data."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QATConv2d) and torch.isfinite(mod.act_fq.activation_post_process.min_val):
+            out[name] = mod.input_qparams()
+    return out
+
+
+def float_state_dict(model: nn.Module) -> dict:
+    """The state dict without fake-quant buffers: loads into the plain float model."""
+    return {k: v for k, v in model.state_dict().items() if ".act_fq." not in k and ".weight_fq." not in k}
+
+
+# -- calibration images ------------------------------------------------------------------------------------
+def calibration_images(data, n: int = 32, split: str = "train") -> list[Path]:
+    """Up to n image paths from a dataset YAML's split or a folder of images (sorted, deterministic)."""
+    p = Path(data)
+    if p.is_dir():
+        paths = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise QuantError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {p}")
+    elif p.suffix in (".yaml", ".yml"):
+        from pocketdet.data import build_dataset, load_dataset_yaml
+
+        ds = build_dataset(load_dataset_yaml(p), split)
+        paths = [r.path for r in ds.records]
+    else:
+        raise QuantError(f"--data {p}: expected a dataset YAML or a folder of images")
+    if n < 1:
+        raise QuantError(f"need at least one calibration image, got n={n}")
+    step = max(1, len(paths) // n)  # spread over the split rather than its first n files
+    return paths[::step][:n]
+
+
+# -- ONNX Runtime static quantization ----------------------------------------------------------------------
+@dataclass
+class OrtQuantOptions:
+    per_channel: bool = True
+    op_types: list[str] | None = None        # None: every op type ORT can quantize
+    calibrate_method: str = "MinMax"         # MinMax | Entropy | Percentile
+
+
+def _reader(images, size: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from pocketdet.deploy import npops
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(images)
+
+        def get_next(self):
+            p = next(self._it, None)
+            return None if p is None else {"images": npops.resize_chw(npops.load_rgb(p), size)}
+
+    return Reader()
+
+
+def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: dict | None = None,
+                  opts: OrtQuantOptions | None = None, quant_meta: dict | None = None) -> Path:
+    """Quantize a pocketdet fp32 ONNX export to QDQ int8 with ORT. `images`: calibration photos.
+    `input_overrides`: {module name of a conv: (scale, zero point)} for that conv's input tensor (from QAT).
+    Nodes whose module matches `not_quant` stay float. The pocketdet metadata is carried over, plus
+    `quant` (method, patterns) so a deployment can tell an int8 file."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pocketdet.deploy.runtime import METADATA_KEY
+
+    opts = opts or OrtQuantOptions()
+    images = list(images)
+    if not images:
+        raise QuantError("no calibration images")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    regexes = compile_patterns(not_quant)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # folds the exporter's Identity/Constant nodes into initializers (ORT's quantizer needs conv biases
+        # as initializers) and runs ORT's basic graph fusions, as ORT recommends before quantize_static
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+        # Root-level nodes belong to the export wrapper (softmax, box decoding, clamping): kept float, so scores
+        # and boxes keep full resolution (int8 would round scores to 1/255 and create ties in NMS).
+        exclude = [n.name for n in model.graph.node
+                   if not onnx_node_module(n.name) or excluded(onnx_node_module(n.name), regexes)]
+        extra = {}
+        if input_overrides:
+            extra["TensorQuantOverrides"] = _tensor_overrides(model, input_overrides)
+        quantize_static(str(pre), str(out_path), _reader(images, int(meta["input_size"])),
+                        quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=opts.op_types, nodes_to_exclude=exclude or None,
+                        calibrate_method=getattr(CalibrationMethod, opts.calibrate_method),
+                        extra_options=extra)
+    q = onnx.load(str(out_path))
+    meta["quant"] = {"int8": True, "format": "QDQ", "not_quant": list(not_quant), "excluded_nodes": len(exclude),
+                     "calibration_images": len(images), **(quant_meta or {})}
+    del q.metadata_props[:]
+    onnx.helper.set_model_props(q, {METADATA_KEY: json.dumps(meta)})
+    q.producer_name = "pocketdet"
+    onnx.save(q, str(out_path))
+    return out_path
+
+
+def _tensor_overrides(model, input_overrides: dict) -> dict:
+    """conv module name -> ORT TensorQuantOverrides on that Conv node's input tensor. A tensor feeding
+    several convs (an SSD level feeds its box and score predictors) gets the widest range among them."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        mod = onnx_node_module(node.name)
+        if mod not in input_overrides:
+            continue
+        scale, zp = input_overrides[mod]
+        lo, hi = (0 - zp) * scale, (255 - zp) * scale
+        t = node.input[0]
+        old = ranges.get(t)
+        ranges[t] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
+    out = {}
+    for t, (lo, hi) in ranges.items():
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # the range must hold 0 exactly (zero padding)
+        scale = max((hi - lo) / 255.0, 1e-8)
+        zp = int(np.clip(round(-lo / scale), 0, 255))
+        out[t] = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
+    return out
+
+
+# -- end to end: checkpoint -> quantized checkpoint ---------------------------------------------------------
+def _model_and_config(model_or_checkpoint):
+    from pocketdet.api import model_from_name_or_checkpoint
+
+    model = model_from_name_or_checkpoint(model_or_checkpoint)
+    cfg = getattr(model, "zoo_config", None)
+    if cfg is None:
+        from pocketdet.config import load_config
+        cfg = load_config(str(model_or_checkpoint))
+    return model, cfg
+
+
+def qat_recipe(cfg):
+    """The QAT recipe for a float config: the config itself when it has `train.extra.quant`, else the zoo's
+    `<name>_quant` entry for the same model (e.g. ssdlite_mnv3_small_320_quant), else None."""
+    from pocketdet.config import ConfigError, load_config
+
+    if "quant" in cfg.train.extra:
+        return cfg
+    try:
+        q = load_config(f"{cfg.name}_quant")
+    except ConfigError:
+        return None
+    return q if q.model == cfg.model else None
+
+
+def ptq(model, images, not_quant=(), opts: OrtQuantOptions | None = None, name: str | None = None) -> bytes:
+    """Float model -> int8 ONNX bytes (ORT static quantization calibrated on `images`)."""
+    from pocketdet.deploy.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", name=name)
+        out = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, not_quant, opts=opts,
+                            quant_meta={"method": "ptq"})
+        return out.read_bytes()
+
+
+def qat_to_onnx(qat_model, images, not_quant=(), opts: OrtQuantOptions | None = None,
+                name: str | None = None) -> bytes:
+    """A QAT-trained model (with QATConv2d) -> int8 ONNX bytes whose conv-input scales are the QAT ones."""
+    import copy
+
+    from pocketdet.deploy.export import export_onnx
+
+    overrides = qat_input_ranges(qat_model)
+    plain = copy.deepcopy(qat_model).cpu().eval()
+    for n, m in list(plain.named_modules()):  # back to plain convs for the float export
+        if isinstance(m, QATConv2d):
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                             m.groups, m.bias is not None, m.padding_mode)
+            conv.weight, conv.bias = m.weight, m.bias
+            parent, _, attr = n.rpartition(".")
+            setattr(plain.get_submodule(parent) if parent else plain, attr, conv)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(plain, Path(tmp) / "fp32.onnx", name=name)
+        out = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, not_quant, input_overrides=overrides,
+                            opts=opts, quant_meta={"method": "qat", "qat_input_scales": len(overrides)})
+        return out.read_bytes()
+
+
+def qat_finetune(model, cfg, train_dataset, not_quant=(), out_dir=None, iters: int | None = None,
+                 lr: float | None = None, batch_size: int | None = None, workers: int = 0,
+                 device: str = "cpu", progress: bool = True):
+    """Fake-quant fine-tuning of `model`'s weights with the trainer and the config's recipe (overridable);
+    returns the trained model with QATConv2d modules."""
+    from pocketdet.config import apply_overrides
+    from pocketdet.engine.checkpoint import load_checkpoint
+    from pocketdet.engine.trainer import TrainOptions, train
+
+    overrides = [f"train.num_workers={workers}"]
+    if iters is not None:
+        overrides += [f"train.schedule.max_iters={iters}", f"train.schedule.warmup_iters={min(iters // 10, 50)}",
+                      f"train.checkpoint_interval={iters}", f"train.eval_interval={iters}"]
+    if lr is not None:
+        overrides += [f"train.optimizer.lr={lr}", "train.scale_lr=false"]
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    cfg = apply_overrides(cfg, overrides)
+    state = float_state_dict(model)
+
+    def init(m):  # the trainer builds a fresh model: start it from the float weights, then fake-quant it
+        m.load_state_dict(state)
+        prepare_qat(m, not_quant)
+
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="pocketdet_qat_"))
+    result = train(cfg, train_dataset, TrainOptions(out_dir=out_dir, device=device, init_fn=init,
+                                                    progress=progress))
+    ck = load_checkpoint(result["last"])
+    trained = _fresh_like(model, cfg)
+    prepare_qat(trained, not_quant)
+    trained.load_state_dict(ck["model"])
+    return trained.eval()
+
+
+def _fresh_like(model, cfg):
+    from pocketdet.models import build_model
+
+    return build_model(cfg.model, class_names=list(model.class_names))
+
+
+def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quant=(), calib_images: int = 32,
+                        iters: int | None = None, lr: float | None = None, batch_size: int | None = None,
+                        opts: OrtQuantOptions | None = None, progress: bool = True) -> dict:
+    """`pocketdet quantize`: float checkpoint (or zoo name) -> quantized checkpoint at `output`.
+    Returns a summary dict."""
+    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.engine.trainer import checkpoint_state
+
+    if method not in ("ptq", "qat"):
+        raise QuantError(f"unknown --method {method!r} (choose ptq or qat)")
+    model, cfg = _model_and_config(model_or_checkpoint)
+    model = model.cpu().float().eval()
+    images = calibration_images(data, calib_images)
+    log.info("%s of %s: %d calibration images from %s, not-quant %s", method.upper(), cfg.name, len(images), data,
+             list(not_quant) or "none")
+    if method == "ptq":
+        onnx_bytes = ptq(model, images, not_quant, opts, name=cfg.name)
+        state_model = model
+    else:
+        if Path(data).suffix not in (".yaml", ".yml"):
+            raise QuantError(f"--method qat trains: --data must be a dataset YAML with a train split, got {data}")
+        from pocketdet.data import build_dataset, load_dataset_yaml
+
+        recipe = qat_recipe(cfg)
+        if recipe is not None:  # the zoo's QAT recipe: its schedule/LR, and its not-quant patterns by default
+            cfg = recipe
+            not_quant = list(not_quant) or list(recipe.train.extra["quant"].get("not_quant", []))
+        train_ds = build_dataset(load_dataset_yaml(data), "train", list(model.class_names))
+        state_model = qat_finetune(model, cfg, train_ds, not_quant, iters=iters, lr=lr, batch_size=batch_size,
+                                   progress=progress)
+        onnx_bytes = qat_to_onnx(state_model, images, not_quant, opts, name=cfg.name)
+    quant = {"method": method, "not_quant": list(not_quant), "activation_type": "uint8 per-tensor asymmetric",
+             "weight_type": "int8 per-channel symmetric", "format": "onnx-qdq",
+             "calibration_images": len(images),
+             "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8)}
+    state = checkpoint_state(model, cfg, model.class_names, quant=quant)
+    state["model"] = float_state_dict(state_model)
+    save_atomic(state, output)
+    return {"output": str(output), "method": method, "int8_onnx_bytes": len(onnx_bytes),
+            "calibration_images": len(images), "not_quant": list(not_quant)}
+
+
+def stored_int8_onnx(checkpoint) -> bytes | None:
+    """The int8 ONNX bytes a quantized checkpoint carries, or None for a float checkpoint / a zoo name."""
+    p = Path(str(checkpoint))
+    if not p.is_file():
+        return None
+    from pocketdet.engine.checkpoint import load_checkpoint
+
+    q = load_checkpoint(p).get("quant")
+    if not q:
+        return None
+    if not isinstance(q, dict) or not isinstance(q.get("onnx"), torch.Tensor):
+        raise QuantError(f"{p}: 'quant' entry has no int8 ONNX model ('onnx' uint8 tensor)")
+    return q["onnx"].numpy().tobytes()

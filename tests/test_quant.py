@@ -1,0 +1,219 @@
+"""int8 quantization (pocketdet/compress/quant.py): not-quant patterns, PTQ / QAT to QDQ ONNX, CLI round trip."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pocketdet
+from pocketdet.compress import quant as Q
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+from pocketdet.deploy.runtime import Detector  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "data" / "coco128" / "images" / "train2017"
+RECIPE = ["res_conv1", "se_block"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the overfitted model is then the same on every machine, and a loaded 2-core
+    runner is not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _photos(n):
+    return sorted(PHOTOS.glob("*.jpg"))[:n]
+
+
+def _overfit_model(steps: int = 30):
+    """SSDLite-Small overfitted on two real photos with their COCO boxes (~0.6 s a step on one core): it
+    makes confident detections there (top scores > 0.9), which quantization must keep."""
+    import json
+
+    from PIL import Image
+
+    root = ROOT / "data" / "coco128"
+    ann = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    cat_index = {c["id"]: i for i, c in enumerate(sorted(ann["categories"], key=lambda c: c["id"]))}
+    images, targets = [], []
+    for im in ann["images"][:2]:
+        img = Image.open(PHOTOS / im["file_name"]).convert("RGB")
+        sx, sy = 320 / img.width, 320 / img.height
+        images.append(torch.from_numpy(np.array(img.resize((320, 320)))).permute(2, 0, 1) / 255.0)
+        objs = [a for a in ann["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd")]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in objs]) * torch.tensor([sx, sy, sx, sy])
+        targets.append({"boxes": boxes, "labels": torch.tensor([cat_index[a["category_id"]] for a in objs])})
+    torch.manual_seed(0)
+    m = pocketdet.build("ssdlite_mnv3_small_320").train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        loss = sum(m(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    paths = [PHOTOS / im["file_name"] for im in ann["images"][:2]]
+    return m, paths
+
+
+def _conv_weight_quantized(model_proto) -> dict[str, bool]:
+    """Conv node's module name -> whether its weight comes through a DequantizeLinear."""
+    producer = {o: n for n in model_proto.graph.node for o in n.output}
+    out = {}
+    for n in model_proto.graph.node:
+        if n.op_type == "Conv":
+            w = producer.get(n.input[1])
+            out[Q.onnx_node_module(n.name)] = w is not None and w.op_type == "DequantizeLinear"
+    return out
+
+
+def test_paddle_scopes_map_to_pocketdet_modules():
+    rx = Q.compile_patterns(RECIPE)
+    assert Q.excluded("backbone.conv4.bottleneck_conv.conv", rx)
+    assert Q.excluded("backbone.conv4.mid_se.conv1", rx)
+    assert not Q.excluded("backbone.conv4.expand_conv.conv", rx)
+    assert not Q.excluded("backbone.conv14.depthwise_conv.conv", rx)  # extra blocks' grouped 3x3 is quantized
+    assert not Q.excluded("ssd_head.scores0.dw_conv", rx)
+    glob = Q.compile_patterns(["ssd_head.*.dw_conv"])
+    assert Q.excluded("ssd_head.boxes3.dw_conv", glob) and not Q.excluded("ssd_head.boxes3.pw_conv", glob)
+    assert Q.excluded("backbone.conv12.linear_conv.conv", Q.compile_patterns([r"backbone\.conv1\d\.linear_conv"]))
+    with pytest.raises(Q.QuantError, match="not-quant pattern"):
+        Q.compile_patterns(["backbone.(conv"])
+
+
+def test_qat_not_quant_training_and_onnx_scales(tmp_path):
+    m = pocketdet.build("ssdlite_mnv3_small_320")
+    names = Q.prepare_qat(m, RECIPE)
+    assert "backbone.conv1.conv" in names and "ssd_head.scores0.pw_conv" in names
+    assert "backbone.conv14.depthwise_conv.conv" in names and "ssd_head.boxes0.dw_conv" in names
+    assert not any(".bottleneck_conv." in n or ".mid_se." in n for n in names)
+    assert not isinstance(m.backbone.conv5.bottleneck_conv.conv, Q.QATConv2d)
+    from PIL import Image
+    imgs = [torch.from_numpy(np.array(Image.open(p).convert("RGB").resize((320, 320)))).permute(2, 0, 1) / 255.0
+            for p in _photos(2)]  # two: BN needs more than one value per channel on the 1x1 last level
+    m.train()
+    loc, conf, _ = m.forward_raw(m.normalize(torch.stack(imgs)))  # observers see real activations
+    (loc.square().mean() + conf.square().mean()).backward()
+    conv = m.backbone.conv3.expand_conv.conv
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0  # straight-through gradients
+    m.eval()
+    scale, zp = conv.input_qparams()
+    assert scale > 0 and 0 <= zp <= 255
+    fresh = pocketdet.build("ssdlite_mnv3_small_320")
+    fresh.load_state_dict(Q.float_state_dict(m))  # the float weights load into the plain model
+
+    # int8 ONNX: the conv's input DequantizeLinear carries the QAT scale, not a re-calibrated one
+    path = tmp_path / "qat.onnx"
+    path.write_bytes(Q.qat_to_onnx(m, _photos(5)[3:], RECIPE))
+    proto = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    node = next(n for n in proto.graph.node if n.name == "/backbone/conv3/expand_conv/conv/Conv")
+    dq = producer[node.input[0]]
+    assert dq.op_type == "DequantizeLinear"
+    assert float(init[dq.input[1]]) == pytest.approx(scale, rel=1e-3)
+    assert abs(int(init[dq.input[2]]) - zp) <= 1
+    quantized = _conv_weight_quantized(proto)
+    assert not quantized["backbone.conv5.bottleneck_conv.conv"] and quantized["backbone.conv5.expand_conv.conv"]
+    out = Detector(path, threads=1).predict(_photos(1)[0])
+    assert out["boxes"].shape[1] == 4 and np.isfinite(out["scores"]).all()
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    return _overfit_model()
+
+
+@pytest.fixture(scope="module")
+def exported(overfit, tmp_path_factory):
+    from pocketdet.deploy.export import export_onnx
+
+    d = tmp_path_factory.mktemp("quant")
+    fp32 = export_onnx(overfit[0], d / "fp32.onnx")
+    calib = _photos(5)[2:]  # not the two photos the model was fitted on
+    recipe = Q.quantize_onnx(fp32, d / "recipe.onnx", calib, RECIPE)
+    full = Q.quantize_onnx(fp32, d / "full.onnx", calib)
+    return fp32, recipe, full
+
+
+def test_not_quant_patterns_in_int8_graph(exported):
+    _, recipe, full = exported
+    q = _conv_weight_quantized(onnx.load(str(recipe)))
+    kept = {n for n in q if ".bottleneck_conv" in n or ".mid_se." in n}
+    assert len(kept) == 11 + 9 * 2  # Small: 11 backbone depthwise convs, 9 SE blocks x 2 convs
+    assert not any(q[n] for n in kept)
+    others = set(q) - kept
+    assert others and all(q[n] for n in others)
+    assert all(_conv_weight_quantized(onnx.load(str(full))).values())
+
+
+def test_int8_file_size(exported):
+    fp32, recipe, full = exported
+    assert full.stat().st_size <= 0.35 * fp32.stat().st_size
+    assert recipe.stat().st_size < 0.5 * fp32.stat().st_size  # the float depthwise/SE weights stay fp32
+
+
+def test_ptq_keeps_confident_detections(overfit, exported):
+    from torchvision.ops import box_iou
+
+    fp32, recipe, full = exported
+    ref_det, q_det = Detector(fp32, threads=1), Detector(recipe, threads=1)
+    for p in overfit[1]:
+        ref, got = ref_det.predict(p), q_det.predict(p)
+        assert ref["scores"][0] > 0.9  # the float model is confident here
+        k = 3  # the float model's top 3: at least 2 found again (same class, IoU > 0.8) among int8's top 20
+        iou = box_iou(torch.from_numpy(ref["boxes"][:k]), torch.from_numpy(got["boxes"][:20])).numpy()
+        same_label = ref["labels"][:k, None] == got["labels"][None, :20]
+        assert ((iou * same_label).max(1) > 0.8).sum() >= 2, (iou * same_label).max(1)
+        assert abs(got["scores"][0] - ref["scores"][0]) < 0.1
+        # raw outputs where the float model is confident (score > 0.5): decoded boxes (normalised to the
+        # image) move by < 2% of its side on average
+        x, _ = ref_det.preprocess(p)
+        r, g = ref_det.forward(x), q_det.forward(x)
+        sure = r["scores"][0].max(-1) > 0.5
+        assert sure.sum() >= 3
+        err = np.abs(r["boxes"][0][sure] - g["boxes"][0][sure]).mean()
+        assert err < 0.02, err
+
+
+def test_cli_quantize_then_export(tmp_path, overfit):
+    from typer.testing import CliRunner
+
+    from pocketdet.cli import app
+    from pocketdet.config import load_config
+    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.engine.trainer import checkpoint_state
+
+    ck = tmp_path / "float.pt"
+    model = overfit[0]
+    save_atomic(checkpoint_state(model, load_config("ssdlite_mnv3_small_320"), model.class_names), ck)
+    r = CliRunner().invoke(app, ["quantize", str(ck), "--method", "ptq", "--data", str(PHOTOS), "--calib-images", "2",
+                                 "--not-quant", "res_conv1", "--not-quant", "se_block", "-o", str(tmp_path / "q.pt")])
+    assert r.exit_code == 0, r.output
+    assert pocketdet.load(tmp_path / "q.pt") is not None  # float weights still load
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "q.pt"), "--format", "onnx", "-o", str(tmp_path / "q.onnx"),
+                                 "--image", str(overfit[1][0])])  # verified against the float model on a photo
+    assert r.exit_code == 0, r.output
+    det = Detector(tmp_path / "q.onnx", threads=1)
+    assert det.meta["quant"]["int8"] and det.meta["quant"]["not_quant"] == RECIPE
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
+    out = det.predict(overfit[1][0])
+    assert out["scores"][0] > 0.5
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(Q.QuantError, match="no images"):
+        Q.calibration_images(tmp_path)
+    with pytest.raises(Q.QuantError, match="--method"):
+        Q.quantize_checkpoint("ssdlite_mnv3_small_320", "int4", PHOTOS, tmp_path / "x.pt")
+    with pytest.raises(Q.QuantError, match="exclude every conv"):
+        Q.prepare_qat(pocketdet.build("ssdlite_mnv3_small_320"), ["backbone|ssd_head"])
