@@ -15,6 +15,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -67,16 +68,19 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs{load}"
 
 
-def render(rows: list[dict], batch: int, size: int, iters: int, machine: str) -> str:
+def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, command: str) -> str:
     lines = [START, "## Training speed (CPU)", "",
              f"One training step (forward, loss, backward, SGD step) at batch {batch}, {size}x{size}, random images "
              f"with 3 boxes each; median of {iters} steps after warm-up; torch {torch.__version__}. "
              f"Measured {datetime.date.today().isoformat()} on {machine}. **The machine was shared with other "
-             "processes during the run**, so absolute numbers are pessimistic and noisy; compare rows of one run.",
+             "processes during the run**, so absolute numbers are pessimistic and noisy; compare rows of one run. "
+             "On an oversubscribed machine a second torch thread makes a step slower, not faster (OpenMP threads "
+             "wait for each other); on an idle machine torch eager gains 1.2-1.4x from a second thread for inference "
+             "(docs of this project's runtime measurements).",
              "", "| model | threads | step (s) | images/s |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['threads']} | {r['step_s']:.2f} | {r['images_per_s']:.2f} |")
-    lines += ["", "Command: `.venv/bin/python benchmarks/train_speed.py`", END]
+    lines += ["", f"Command: `{command}`", END]
     return "\n".join(lines)
 
 
@@ -107,7 +111,8 @@ def main() -> None:
             med = statistics.median(times)
             rows.append({"model": name, "threads": th, "step_s": med, "images_per_s": args.batch / med})
             print(f"{name:28s} threads={th} step {med:.2f} s  {args.batch / med:.2f} img/s", flush=True)
-    text = render(rows, args.batch, args.size, args.iters, machine)
+    command = ".venv/bin/python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
+    text = render(rows, args.batch, args.size, args.iters, machine, command.strip())
     print(text)
     if not args.no_write:
         write_section(text)
