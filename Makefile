@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mobile,bench]'
 	@touch $(STAMP)
 
 demo: install
@@ -20,7 +20,8 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(VENV)/bin/pocketdet bench --runs 50 --threads 1 --threads 2 --merge
+	$(PY) benchmarks/peers.py --threads 1 --runs 50
 
 clean:
 	rm -rf runs .pytest_cache

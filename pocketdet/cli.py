@@ -28,8 +28,9 @@ def _setup_logging(verbose: bool = False) -> None:
 def _user_errors():
     from .config import ConfigError
     from .data.errors import DataError
+    from .deploy.runtime import ModelFileError
     from .engine.checkpoint import CheckpointError
-    return (ConfigError, DataError, CheckpointError, FileNotFoundError)
+    return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError)
 
 
 @app.command()
