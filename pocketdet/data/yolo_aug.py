@@ -53,6 +53,8 @@ class MixupDataset(torch.utils.data.Dataset):
     Randomness (partner, factor) is drawn from torch's global RNG: seed it around the access for
     reproducible runs."""
 
+    stream_keys = True  # SeededTransformDataset passes (stream_pos, index) keys
+
     def __init__(self, base_dataset, alpha: float = 1.5, beta: float = 1.5,
                  enabled_fn: Callable[[], bool] | None = None, until_position: int | None = None,
                  until_iter: int | None = None):
