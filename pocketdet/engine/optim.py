@@ -10,6 +10,11 @@ from ..config import OptimizerCfg, ScheduleCfg
 
 
 def _lr_mult(name: str, model: nn.Module) -> float:
+    if hasattr(model, "param_lr_mults"):  # full-name prefixes (Cascade: backbone stages + 1/stage-weight heads)
+        for prefix, m in model.param_lr_mults().items():
+            if name.startswith(prefix if prefix.endswith(".") else prefix + "."):
+                return m
+        return 1.0
     mults = getattr(getattr(model, "backbone", None), "lr_mults", {}) or {}
     if name.startswith("backbone."):
         rest = name[len("backbone."):]
