@@ -39,26 +39,63 @@ def load_rgb(image) -> np.ndarray:
 
 def resize_chw(rgb: np.ndarray, size: int, exact: bool = True) -> np.ndarray:
     """HxWx3 uint8 -> [1,3,size,size] float32 in 0..1, as the torch model resizes
-    (`F.interpolate(bilinear, align_corners=False, antialias=True)`, which follows PIL's filter).
+    (`F.interpolate(bilinear, align_corners=False, antialias=True)`, PIL's triangle filter with its support
+    widened by the downscale factor).
 
-    exact=True resizes each channel in PIL's float mode: max difference to torch 1.3e-5 on coco128.
-    exact=False resizes the uint8 image (about 1.5x faster) and so rounds to 1/255 (max difference 1/255).
+    exact=True: a separable resize in float32 with the same filter taps and weights as torch (max difference
+    ~1e-6 on coco128), ~1.5 ms for a 640x480 photo; PIL's float mode took ~4.5 ms and uint8 PIL ~4 ms here.
+    exact=False: PIL on the uint8 image (rounds to 1/255), kept for comparison.
     """
     h, w = rgb.shape[:2]
-    if exact:
-        if (h, w) == (size, size):
-            chans = [rgb[..., c].astype(np.float32) for c in range(3)]
-        else:
-            # PIL's "F" mode keeps the filter's output unrounded, like torch's float interpolation
-            chans = [np.asarray(b.convert("F").resize((size, size), Image.BILINEAR))
-                     for b in Image.fromarray(rgb).split()]
-        x = np.stack(chans)
-    else:
+    if not exact:
         small = rgb if (h, w) == (size, size) else np.asarray(Image.fromarray(rgb).resize((size, size),
                                                                                           Image.BILINEAR))
         x = small.transpose(2, 0, 1).astype(np.float32)
-    x *= np.float32(1.0 / 255.0)
-    return x[None]
+        x *= np.float32(1.0 / 255.0)
+        return x[None]
+    cols, wx = _aa_taps(w, size)
+    rows, wy = _aa_taps(h, size)
+    flat = rgb.reshape(h, w * 3)
+    # horizontal pass on interleaved RGB: tap k of output column j reads input columns 3*cols[j,k] + (0,1,2)
+    tmp = None
+    for k in range(cols.shape[1]):
+        c = (3 * cols[:, k, None] + _RGB).ravel()
+        term = np.take(flat, c, axis=1).astype(np.float32)
+        term *= np.repeat(wx[:, k], 3)
+        tmp = term if tmp is None else tmp.__iadd__(term)
+    # vertical pass, with the 1/255 folded into the weights
+    out = None
+    for k in range(rows.shape[1]):
+        term = np.take(tmp, rows[:, k], axis=0)
+        term *= (wy[:, k] * np.float32(1.0 / 255.0))[:, None]
+        out = term if out is None else out.__iadd__(term)
+    return np.ascontiguousarray(out.reshape(size, size, 3).transpose(2, 0, 1))[None]
+
+
+_RGB = np.arange(3)
+_TAPS_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices [n_out, K] and weights [n_out, K] of torch's antialiased bilinear resize along one axis:
+    output i is centred at scale*(i+0.5); the triangle filter is stretched by scale when downscaling; taps
+    outside the input get weight 0 and the weights of each output are normalised to sum 1."""
+    key = (n_in, n_out)
+    if key not in _TAPS_CACHE:
+        scale = n_in / n_out
+        support = scale if scale >= 1.0 else 1.0
+        inv = 1.0 / scale if scale >= 1.0 else 1.0
+        center = scale * (np.arange(n_out) + 0.5)
+        lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # int() truncation, as torch/PIL
+        hi = np.minimum((center + support + 0.5).astype(np.int64), n_in)
+        idx = lo[:, None] + np.arange(int((hi - lo).max()))
+        wts = np.maximum(1.0 - np.abs((idx - center[:, None] + 0.5) * inv), 0.0)
+        wts[idx >= hi[:, None]] = 0.0
+        wts /= wts.sum(1, keepdims=True)
+        if len(_TAPS_CACHE) > 64:  # photos of many sizes: keep the cache bounded
+            _TAPS_CACHE.clear()
+        _TAPS_CACHE[key] = (np.minimum(idx, n_in - 1), wts.astype(np.float32))
+    return _TAPS_CACHE[key]
 
 
 # -- boxes and scores -----------------------------------------------------------------------------------
