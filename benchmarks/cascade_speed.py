@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pocketdet.deploy.bench import replace_section  # noqa: E402
+
 SIZES = {320: "cascade_rcnn_mnv3_large_fpn_320", 640: "cascade_rcnn_mnv3_large_fpn_640"}
-START, END = "<!-- cascade:start -->", "<!-- cascade:end -->"
 
 
 def cpu_name() -> str:
@@ -117,16 +118,6 @@ def bench_training(size: int, photos, threads: int, iters: int, batch: int = 2) 
     return {"s_per_iter": s, "images_per_s": batch / s, "cpu_s_per_iter": statistics.median(cpu)}
 
 
-def write_section(text_block: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    body = START + "\n" + text_block.rstrip("\n") + "\n" + END
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=4)
@@ -197,7 +188,7 @@ def main() -> None:
     block = "\n".join(lines)
     print(block)
     if not args.no_write:
-        write_section(block)
+        replace_section(ROOT / "BENCHMARKS.md", "cascade", block)
 
 
 if __name__ == "__main__":

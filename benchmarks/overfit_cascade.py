@@ -138,10 +138,8 @@ def cpu_name() -> str:
 
 
 def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
-    start, end = "<!-- cascade:start -->", "<!-- cascade:end -->"
     rpn, s1, s2, s3 = res["stage_ious"]
     body = "\n".join([
-        start,
         "## Cascade R-CNN MobileNetV3-Large FPN 320: overfit check",
         "",
         f"Random init (frozen BN statistics calibrated on the images), {res['images']} coco128 train images "
@@ -166,15 +164,10 @@ def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
         "(under load the wall time exceeds the process CPU time, which is what the run needs). "
         f"Command: `OMP_NUM_THREADS={res['threads']} .venv/bin/python benchmarks/overfit_cascade.py "
         f"--images {res['images']} --iters {res['iters']}`.",
-        end,
     ])
-    text = path.read_text() if path.exists() else "# Overfit checks\n"
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    from pocketdet.deploy.bench import replace_section
+
+    replace_section(path, "cascade", body, title="# Overfit checks")
 
 
 def main() -> None:

@@ -141,9 +141,7 @@ def run_overfit(num_images: int = 4, iters: int = 80, lr: float = 2e-3, size: in
 
 
 def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
-    start, end = "<!-- overfit_yolov3:start -->", "<!-- overfit_yolov3:end -->"
     body = "\n".join([
-        start,
         "## YOLOv3-MobileNetV3-Large 320: overfit check",
         "",
         f"Random init, {res['images']} coco128 train images (ids {res['image_ids']}, {res['boxes']} boxes), "
@@ -162,15 +160,10 @@ def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
         "is an upper bound: the run is ~10 TFLOP (80 steps x 4 images x ~32 GFLOP forward+backward at 320). "
         "Command: `.venv/bin/python benchmarks/overfit_yolov3.py "
         f"--images {res['images']} --iters {res['iters']} --threads {res['threads']}`.",
-        end,
     ])
-    text = path.read_text() if path.exists() else "# Overfit checks\n"
-    if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    from pocketdet.deploy.bench import replace_section
+
+    replace_section(path, "overfit_yolov3", body, title="# Overfit checks")
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ from pocketdet.compress.distill import distill_train  # noqa: E402
 from pocketdet.compress.prune import prune  # noqa: E402
 from pocketdet.config import apply_overrides, load_config  # noqa: E402
 from pocketdet.data import build_dataset, load_dataset_yaml  # noqa: E402
+from pocketdet.deploy.bench import replace_section  # noqa: E402
 from pocketdet.engine.evaluate import evaluate  # noqa: E402
 
-START, END = "<!-- prune:start -->", "<!-- prune:end -->"
 SEED_MS = {"baseline": 155.948, "pruned": 48.2856}  # SD855, 1 thread (mobile README)
 
 
@@ -65,7 +65,7 @@ def row(name, model, val_ds, runs, eval_images):
 
 def to_markdown(rows, args, seconds) -> str:
     base = rows[0]
-    lines = [START, "## Pruning + distillation: YOLOv3-MobileNetV3 (spec §5)", "",
+    lines = ["## Pruning + distillation: YOLOv3-MobileNetV3 (spec §5)", "",
              f"`OMP_NUM_THREADS=1 python benchmarks/prune_distill.py {' '.join(sys.argv[1:])}` "
              f"({seconds / 60:.1f} min, CPU, torch eager, batch 1 at 320, 1 thread; median of {args.runs} runs). "
              f"Baseline trained {args.base_iters} iterations from random init (batch {args.batch}); fine-tuning "
@@ -87,17 +87,8 @@ def to_markdown(rows, args, seconds) -> str:
               f"{SEED_MS['pruned']:.1f} / {SEED_MS['baseline']:.1f} ms = {SEED_MS['pruned'] / SEED_MS['baseline']:.3f} "
               "for the seed on SD855 (1 thread, Paddle Lite).", "",
               "With this tiny schedule the AP columns only show the pipeline runs end to end; they say nothing about "
-              "the seed's 27.1 -> 24.6 AP.", END]
+              "the seed's 27.1 -> 24.6 AP."]
     return "\n".join(lines)
-
-
-def write_section(md: Path, text: str) -> None:
-    old = md.read_text() if md.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        new = old[:old.index(START)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    md.write_text(new)
 
 
 def fit_recovery(args):
@@ -174,8 +165,6 @@ def fit_recovery(args):
                 log(label, it, curve[it])
         rows.append({"model": label, "curve": curve})
     body = fit_markdown(rows, args, rep, time.perf_counter() - t0, count_params(base), count_params(pruned))
-    from pocketdet.deploy.bench import replace_section
-
     replace_section(args.md, "prune-fit", body)
     print(body)
 
@@ -254,7 +243,7 @@ def main():
         rows.append(row(label, student, val_ds, args.runs, not args.no_eval))
         log(rows[-1])
     text = to_markdown(rows, args, time.perf_counter() - t0)
-    write_section(args.md, text)
+    replace_section(args.md, "prune", text)
     print(text)
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-START, END = "<!-- quant:start -->", "<!-- quant:end -->"
+from pocketdet.deploy.bench import replace_section  # noqa: E402
+
 RECIPE = ["res_conv1", "se_block"]
 
 
@@ -98,17 +99,6 @@ def profile(path, runs: int = 30) -> dict:
     return {"by_op": dict(sorted(by_op.items(), key=lambda t: -t[1])), "by_kind": dict(by_kind)}
 
 
-def write_section(md: Path, body: str) -> None:
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    md.write_text(text)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, help="float checkpoint (default: train with the demo recipe)")
@@ -129,7 +119,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.render:
         result = json.loads(args.render.read_text())
-        write_section(args.md, render(result, result.get("args", "")))
+        replace_section(args.md, "quant", render(result, result.get("args", "")))
         return
 
     import torch
@@ -196,7 +186,7 @@ def main(argv=None):
     (args.out / "quant_report.json").write_text(json.dumps(result, indent=1))
 
     text = render(result, " ".join(argv if argv is not None else sys.argv[1:]))
-    write_section(args.md, text)
+    replace_section(args.md, "quant", text)
     print(text)
 
 

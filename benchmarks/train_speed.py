@@ -22,8 +22,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pocketdet.deploy.bench import replace_section  # noqa: E402
+
 MODELS = ("yolov3_mnv3_large_320", "ssdlite_mnv3_large_320", "ssdlite_mnv3_small_320")
-START, END = "<!-- train_speed:start -->", "<!-- train_speed:end -->"
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int):
@@ -69,7 +72,7 @@ def machine_line() -> str:
 
 
 def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, command: str) -> str:
-    lines = [START, "## Training speed (CPU)", "",
+    lines = ["## Training speed (CPU)", "",
              f"One training step (forward, loss, backward, SGD step) at batch {batch}, {size}x{size}, random images "
              f"with 3 boxes each; median of {iters} steps after warm-up; torch {torch.__version__}. "
              f"Measured {datetime.date.today().isoformat()} on {machine}. **The machine was shared with other "
@@ -80,17 +83,8 @@ def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, co
              "", "| model | threads | step (s) | images/s |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['threads']} | {r['step_s']:.2f} | {r['images_per_s']:.2f} |")
-    lines += ["", f"Command: `{command}`", END]
+    lines += ["", f"Command: `{command}`"]
     return "\n".join(lines)
-
-
-def write_section(text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
 
 
 def main() -> None:
@@ -115,7 +109,7 @@ def main() -> None:
     text = render(rows, args.batch, args.size, args.iters, machine, command.strip())
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(ROOT / "BENCHMARKS.md", "train_speed", text)
 
 
 if __name__ == "__main__":

@@ -59,15 +59,7 @@ def train(
         device = "cuda" if _cuda() else "cpu"
     try:
         cfg = load_config(model)
-        overrides = list(set_)
-        if iters is not None:
-            overrides += [f"train.schedule.max_iters={iters}"]
-        if batch_size is not None:
-            overrides.append(f"train.batch_size={batch_size}")
-        if lr is not None:
-            overrides.append(f"train.optimizer.lr={lr}")
-        if workers is not None:
-            overrides.append(f"train.num_workers={workers}")
+        overrides = train_overrides(cfg, set_, iters, batch_size, lr, workers)
         if overrides:
             cfg = apply_overrides(cfg, overrides)
         spec = load_dataset_yaml(data)
@@ -77,7 +69,7 @@ def train(
         resume_path = (out_dir / "last.pt") if resume == "auto" else (Path(resume) if resume else None)
         if resume == "auto" and not resume_path.exists():
             resume_path = None
-        init_fn = _pretrained_init(pretrained) if pretrained else None
+        init_fn = _pretrained_init(pretrained) if pretrained else _frozen_norm_init(train_ds)
         hooks = _family_hooks(cfg)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
@@ -88,11 +80,39 @@ def train(
         typer.echo(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
 
 
+def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, workers=None) -> list[str]:
+    """`pocketdet train` options as config overrides (explicit --set values first, options after)."""
+    overrides = list(set_)
+    if iters is not None:
+        overrides += [f"train.schedule.max_iters={iters}"]
+        mixup = cfg.train.extra.get("mixup_iters")
+        if isinstance(mixup, int) and mixup > 0 and not any(o.startswith("train.extra.mixup_iters") for o in set_):
+            # YOLOv3 mixes up for the first 250k of 500k iterations: keep that fraction of a shorter run
+            overrides.append(f"train.extra.mixup_iters={min(round(mixup * iters / cfg.train.schedule.max_iters), iters)}")
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    if lr is not None:
+        overrides.append(f"train.optimizer.lr={lr}")
+    if workers is not None:
+        overrides.append(f"train.num_workers={workers}")
+    return overrides
+
+
 def _pretrained_init(src: str):
     """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache)."""
     def init(model):
         from .convert import load_backbone_weights
         load_backbone_weights(model, src)
+    return init
+
+
+def _frozen_norm_init(dataset, n: int = 16):
+    """Without --pretrained, a model with frozen BN (Cascade R-CNN's backbone) gets its frozen statistics from
+    the first `n` training photos (`calibrate_frozen_norm`): identity statistics on random weights make the
+    activations vanish. Other models are left alone."""
+    def init(model):
+        if hasattr(model, "calibrate_frozen_norm"):
+            model.calibrate_frozen_norm([dataset[i][0].float() / 255 for i in range(min(n, len(dataset)))])
     return init
 
 
@@ -308,7 +328,9 @@ def export(
 @app.command()
 def bench(
     models: list[str] = typer.Argument(None, help="zoo names (default: every zoo model)"),
-    runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime", help="torch | onnxruntime | ncnn"),
+    runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime",
+                                      help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8); zoo "
+                                           "entries with a quant recipe (*_quant) always run fp32 + int8 in ORT"),
     threads: list[int] = typer.Option([1, 2], "--threads", help="thread counts to measure"),
     runs: int = typer.Option(50, help="timed runs per measurement (after warmup)"),
     warmup: int = typer.Option(5, help="untimed runs first"),
@@ -318,12 +340,13 @@ def bench(
 ):
     """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn."""
     _setup_logging()
+    from .compress.quant import bench_int8_export
     from .deploy.bench import bench_command
 
     command = "pocketdet bench " + " ".join(sys.argv[2:])
     try:
         bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
-                      command=command, progress=typer.echo, merge=merge)
+                      command=command, progress=typer.echo, merge=merge, int8_export=bench_int8_export)
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
     typer.echo(f"results -> {md} (section deploy-zoo), plot -> {png}")

@@ -50,3 +50,42 @@ def test_train_val_predict(tmp_path, tiny_coco):
 def test_bad_input_is_a_clear_error(args, msg):
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and msg in r.output, r.output
+
+
+def test_train_overrides_rescale_mixup_with_iters():
+    from pocketdet.cli import train_overrides
+    from pocketdet.config import apply_overrides, load_config
+
+    cfg = load_config("yolov3_mnv3_large_320")
+    mixup, total = cfg.train.extra["mixup_iters"], cfg.train.schedule.max_iters
+    assert 0 < mixup < total
+    new = apply_overrides(cfg, train_overrides(cfg, [], iters=1000, batch_size=4))
+    assert new.train.schedule.max_iters == 1000 and new.train.batch_size == 4
+    assert new.train.extra["mixup_iters"] == round(mixup * 1000 / total)
+    # an explicit --set wins over the rescaling
+    new = apply_overrides(cfg, train_overrides(cfg, ["train.extra.mixup_iters=7"], iters=1000))
+    assert new.train.extra["mixup_iters"] == 7
+    ssd = load_config("ssdlite_mnv3_small_320")
+    assert train_overrides(ssd, [], iters=10) == ["train.schedule.max_iters=10"]
+
+
+def test_train_without_pretrained_calibrates_frozen_norm(coco128_yaml):
+    """Cascade R-CNN's frozen backbone BN gets statistics from training photos when no weights are given."""
+    import torch
+
+    from pocketdet.cli import _frozen_norm_init
+    from pocketdet.data import build_dataset, load_dataset_yaml
+    from pocketdet.models import build_model
+    from pocketdet.config import load_config
+    from torchvision.ops import FrozenBatchNorm2d
+
+    ds = build_dataset(load_dataset_yaml(coco128_yaml), "train")
+    model = build_model(load_config("cascade_rcnn_mnv3_large_fpn_320").model)
+    frozen = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(torch.all(m.running_var == 1) for m in frozen)
+    _frozen_norm_init(ds, n=2)(model)
+    assert all(not torch.all(m.running_var == 1) for m in frozen)
+    ssd = build_model(load_config("ssdlite_mnv3_small_320").model)
+    before = {k: v.clone() for k, v in ssd.state_dict().items()}
+    _frozen_norm_init(ds, n=2)(ssd)  # no frozen BN: untouched
+    assert all(torch.equal(before[k], v) for k, v in ssd.state_dict().items())

@@ -217,3 +217,27 @@ def test_bad_inputs_are_named(tmp_path):
         Q.quantize_checkpoint("ssdlite_mnv3_small_320", "int4", PHOTOS, tmp_path / "x.pt")
     with pytest.raises(Q.QuantError, match="exclude every conv"):
         Q.prepare_qat(pocketdet.build("ssdlite_mnv3_small_320"), ["backbone|ssd_head"])
+
+
+def test_bench_times_quant_entries_as_int8_next_to_fp32(tmp_path):
+    """`pocketdet bench ssdlite_*_quant`: the recipe's int8 model and its float graph, both in ONNX Runtime."""
+    import onnx
+
+    from pocketdet.compress.quant import ptq
+    from pocketdet.deploy.bench import INT8, bench_report, calibration_images, run_bench
+
+    seen = {}
+
+    def int8_export(model, path, name, not_quant):
+        seen.update(name=name, not_quant=list(not_quant))
+        path.write_bytes(ptq(model, calibration_images(2), not_quant, name=name))
+        return path
+
+    rows = run_bench(["ssdlite_mnv3_small_320_quant"], threads=(1,), runs=1, warmup=0, workdir=tmp_path,
+                     progress=lambda *_: None, int8_export=int8_export)
+    assert seen == {"name": "ssdlite_mnv3_small_320_quant", "not_quant": ["res_conv1", "se_block"]}
+    assert {r.runtime for r in rows} == {"onnxruntime", INT8} and all(r.forward for r in rows)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "ssdlite_mnv3_small_320_quant.int8.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    report = bench_report(rows, {"cpu": "x", "logical_cores": 1, "flags": [], "versions": {}}, "cmd", None)
+    assert "onnxruntime (fp32)" in report and "int8 / fp32 in ONNX Runtime" in report

@@ -301,6 +301,17 @@ def qat_recipe(cfg):
     return q if q.model == cfg.model else None
 
 
+def bench_int8_export(model, path, name: str, not_quant=()) -> Path:
+    """`pocketdet bench`'s int8 models: PTQ calibrated on the bundled coco128 photos that also make the
+    bench's weights trained-like, written to `path`."""
+    from pocketdet.deploy.bench import calibration_images
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ptq(model, calibration_images(), not_quant, name=name))
+    return path
+
+
 def ptq(model, images, not_quant=(), opts: OrtQuantOptions | None = None, name: str | None = None) -> bytes:
     """Float model -> int8 ONNX bytes (ORT static quantization calibrated on `images`)."""
     from pocketdet.deploy.export import export_onnx

@@ -1,6 +1,7 @@
 """Latency benchmarks (batch 1): torch eager vs ONNX Runtime vs ncnn, for every zoo model."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,10 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
     activations otherwise shrink to ~1e-10 through the network, which makes every comparison vacuous), then
     the class logits sharpened and the background favoured so that, like a trained SSDLite, a few hundred
     (class, prior) pairs pass the 0.01 score threshold instead of all of them (measured: ~285 per coco128
-    photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode)."""
+    photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode).
+    Cascade R-CNN (frozen BN, two stages): see `_make_cascade_trained_like`."""
+    if hasattr(model, "calibrate_frozen_norm"):
+        return _make_cascade_trained_like(model, calib_images)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [b.momentum for b in bns]
     for b in bns:
@@ -42,6 +46,23 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
             w.mul_(logit_scale)
             w.view(-1, c, w.shape[1])[:, 0] += background_offset / w.shape[1]
     return model
+
+
+@torch.no_grad()
+def _make_cascade_trained_like(model, calib_images, rpn_scale: float = 100.0, cls_scale: float = 30.0,
+                               background_offset: float = 15.0, box_scale: float = 10.0):
+    """Cascade R-CNN with outputs that look trained: frozen-BN statistics from real photos
+    (`calibrate_frozen_norm`), RPN logits spread to a few units (random init: |logit| < 0.03, so the top-k
+    would choose among near-ties), class logits sharpened with the background favoured, and box deltas
+    enlarged so the cascade stages move the boxes. Measured on 6 coco128 val photos (320 model): 4..100
+    detections above the 0.05 score threshold, max scores 0.16..0.38."""
+    model.calibrate_frozen_norm([_load_chw(p) for p in calib_images])
+    model.rpn.head.cls_logits.weight.mul_(rpn_scale)
+    for stage in model.roi_heads.stages:
+        stage.cls_score.weight.mul_(cls_scale)
+        stage.cls_score.bias[0] += background_offset
+        stage.bbox_pred.weight.mul_(box_scale)
+    return model.eval()
 
 
 def calibration_images(n: int = 16) -> list[Path]:
@@ -145,6 +166,7 @@ class BenchRow:
 
 
 RUNTIMES = ("torch", "onnxruntime", "ncnn")
+INT8 = "onnxruntime-int8"  # PTQ int8 (QDQ) in ONNX Runtime; needs an `int8_export` (the CLI passes compress.quant's)
 
 
 def _runtime_available(rt: str) -> str | None:
@@ -159,12 +181,18 @@ def _runtime_available(rt: str) -> str | None:
 
 def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
               image=None, workdir="runs/bench", trained_like: bool = True, progress=print,
-              on_model_done=None) -> list[BenchRow]:
+              on_model_done=None, int8_export=None) -> list[BenchRow]:
     """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
     pocketdet/zoo). Runtimes of one (model, threads) run interleaved. With `trained_like`, weights are
     made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
     A runtime that fails to export or load a model becomes a row with the error as its note.
-    `on_model_done(rows_so_far)` is called after each model (bench_command writes partial reports)."""
+    `on_model_done(rows_so_far)` is called after each model (bench_command writes partial reports).
+
+    int8: runtime `onnxruntime-int8` times a PTQ int8 model made by `int8_export(model, path, name, not_quant)`
+    (deploy does not import compress; `pocketdet bench` passes `compress.quant.bench_int8_export`). A zoo entry
+    with a quantization recipe (`train.extra.quant`, e.g. ssdlite_mnv3_small_320_quant) is timed as int8 with
+    its recipe's not-quant patterns next to its float graph in ONNX Runtime, in the same interleaved run; its
+    torch/ncnn rows would only repeat the float entry's and are skipped."""
     from pocketdet.config import load_config, zoo_names
     from pocketdet.models import build_model
 
@@ -185,6 +213,8 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
     calib = calibration_images() if trained_like else []
     for name in models:
         cfg = load_config(name)
+        recipe = cfg.train.extra.get("quant") if isinstance(cfg.train.extra, dict) else None
+        model_runtimes = ("onnxruntime", INT8) if recipe else tuple(runtimes)
         model = build_model(cfg.model).eval()
         if trained_like:
             make_trained_like(model, calib)
@@ -192,8 +222,10 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
         ap = cfg.reference.get("box_ap")
         backends, notes = {}, {}
         exportable = model.arch in GRAPH_WRAPPERS
-        for rt in runtimes:
+        for rt in model_runtimes:
             why = _runtime_available(rt)
+            if rt == INT8 and int8_export is None:
+                why = "no int8 exporter given (pocketdet bench passes one)"
             if rt != "torch" and not exportable:
                 why = f"no export graph for arch {model.arch}"
             if why:
@@ -202,6 +234,9 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
             try:
                 if rt == "onnxruntime":
                     backends[rt] = Detector(export_onnx(model, workdir / f"{name}.onnx", name=name))
+                elif rt == INT8:
+                    not_quant = list((recipe or {}).get("not_quant", []))
+                    backends[rt] = Detector(int8_export(model, workdir / f"{name}.int8.onnx", name, not_quant))
                 elif rt == "ncnn":
                     from .mobile import NcnnDetector, export_ncnn
                     backends[rt] = NcnnDetector(export_ncnn(model, workdir / name, name=name))
@@ -209,7 +244,10 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
                 notes[rt] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 progress(f"bench {name} {rt}: {notes[rt]}")
         spec = graph_spec(model) if exportable else None
-        x = npops.resize_chw(rgb, model.input_size)
+        if spec is not None and spec.prepare_input is not None:  # Cascade R-CNN: aspect kept, mean padding
+            x = np.ascontiguousarray(spec.graph_input(model, [_load_chw(image)]).numpy())
+        else:
+            x = npops.resize_chw(rgb, model.input_size)
         xt = torch.from_numpy(x)
         for th in threads:
             torch.set_num_threads(th)
@@ -224,12 +262,12 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
                     e2e[rt] = (lambda d: lambda: d.predict(rgb))(det)
                 progress(f"bench {name} threads={th}: {', '.join(fns)}")
                 # forward and predict of every runtime in one round-robin: their ratio sees the same load
-                both = {**{("fwd", k): v for k, v in fns.items() if k in runtimes},
-                        **{("e2e", k): v for k, v in e2e.items() if k in runtimes}}
+                both = {**{("fwd", k): v for k, v in fns.items() if k in model_runtimes},
+                        **{("e2e", k): v for k, v in e2e.items() if k in model_runtimes}}
                 t_both = time_interleaved(both, runs, warmup)
                 t_fwd = {k: v for (kind, k), v in t_both.items() if kind == "fwd"}
                 t_e2e = {k: v for (kind, k), v in t_both.items() if kind == "e2e"}
-            for rt in runtimes:
+            for rt in model_runtimes:
                 if rt in t_fwd:
                     rows.append(BenchRow(name, rt, th, stats_ms(t_fwd[rt]), stats_ms(t_e2e[rt]), flops, ap))
                 else:
@@ -243,7 +281,10 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
 def rows_markdown(rows: list[BenchRow]) -> str:
     lines = ["| model | runtime | threads | forward median / p90 (ms) | predict median / p90 (ms) | predict / forward "
              "| GFLOPs | published AP |", "|---|---|---|---|---|---|---|---|"]
+    with_int8 = {r.model for r in rows if r.runtime == INT8}
     for r in rows:
+        if r.runtime == "onnxruntime" and r.model in with_int8:
+            r = dataclasses.replace(r, runtime="onnxruntime (fp32)")
         if not r.forward:
             lines.append(f"| {r.model} | {r.runtime} | {r.threads} | — ({r.note}) | — | — | {r.gflops:.2f} | "
                          f"{r.box_ap if r.box_ap is not None else '—'} |")
@@ -309,12 +350,13 @@ def _replace_block(text: str, marker: str, body: str, parent: str | None = None)
     return text.rstrip() + "\n\n" + block + "\n"
 
 
-def replace_section(path, marker: str, body: str, parent: str | None = None) -> None:
+def replace_section(path, marker: str, body: str, parent: str | None = None, title: str = "# Benchmarks") -> None:
     """Replace the text between `<!-- {marker}:start -->` and `<!-- {marker}:end -->` in `path`, leaving the
     other sections of a shared file alone. An absent section is appended, inside section `parent` if given
     (BENCHMARKS.md: `deploy-zoo` and `deploy-peers` live inside `deploy`)."""
     path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else title + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_replace_block(text, marker, body, parent))
 
 
@@ -329,6 +371,14 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
              "sharpened class logits) so that post-processing sees a realistic number of candidates. "
              "AP is the published Paddle number of the zoo entry, not measured here.", "",
              rows_markdown(rows)]
+    by_key = {(r.model, r.runtime, r.threads): r for r in rows if r.forward}
+    ratios = [f"{m} at {th} thread(s): forward {q.forward['median_ms'] / f.forward['median_ms']:.2f}x, predict "
+              f"{q.end_to_end['median_ms'] / f.end_to_end['median_ms']:.2f}x"
+              for (m, rt, th), q in by_key.items() if rt == INT8
+              for f in [by_key.get((m, "onnxruntime", th))] if f is not None]
+    if ratios:
+        lines += ["", "int8 / fp32 in ONNX Runtime, same interleaved run (PTQ int8 QDQ; *_quant entries use their "
+                  "recipe's not-quant patterns, others quantize every conv): " + "; ".join(ratios) + "."]
     if png is not None:
         lines += ["", f"![latency vs AP]({png.as_posix()})"]
     return "\n".join(lines)
@@ -336,7 +386,7 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
                   md="BENCHMARKS.md", png="docs/latency_vs_ap.png", workdir="runs/bench", command: str = "",
-                  progress=print, merge: bool = False) -> list[BenchRow]:
+                  progress=print, merge: bool = False, int8_export=None) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
     `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`.
     Rows are also saved to `workdir/rows.json`; with `merge`, earlier rows of other (model, runtime,
@@ -356,7 +406,7 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
     def report(new_rows):
         keys = {(r.model, r.runtime, r.threads) for r in new_rows}
         rows = [r for r in old if (r.model, r.runtime, r.threads) not in keys] + list(new_rows)
-        rank = {rt: i for i, rt in enumerate(RUNTIMES)}
+        rank = {rt: i for i, rt in enumerate(RUNTIMES + (INT8,))}
         rows.sort(key=lambda r: (r.model, r.threads, rank.get(r.runtime, len(rank))))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
@@ -372,4 +422,4 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
                             parent="deploy")
 
     return run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
-                     on_model_done=report)
+                     on_model_done=report, int8_export=int8_export)

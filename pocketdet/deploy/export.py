@@ -32,7 +32,7 @@ from pocketdet.models.box_ops import decode_boxes
 from pocketdet.models.ssdlite import VARIANCE
 
 from . import npops
-from .runtime import FORMAT_VERSION, METADATA_KEY, BaseDetector, Detector
+from .runtime import FORMAT_VERSION, METADATA_KEY, TWO_PART_DOC, BaseDetector, Detector
 
 DEFAULT_OPSET = 17
 
@@ -47,6 +47,19 @@ class GraphSpec:
     module: nn.Module          # images (0..1) -> tuple of outputs, in the order of `output_names`
     output_names: list[str]
     arch_meta: dict            # JSON-able constants the numpy post-processing needs
+    # optional arch hooks (Cascade R-CNN): the graph input for a list of [3,H,W] 0..1 images (default:
+    # `model.resize_images(images)[0]`), a builder of the whole ONNX ModelProto `(model, opset, tmpdir)`
+    # (default: trace `module` on one square input), a doc_string marker, and extra verification
+    # `(model, detector, x, sizes, report, where)` run per image after the raw-output comparison.
+    prepare_input: Callable | None = None
+    onnx_builder: Callable | None = None
+    doc: str = ""
+    extra_checks: Callable | None = None
+
+    def graph_input(self, model, images: list[torch.Tensor]) -> torch.Tensor:
+        if self.prepare_input is not None:
+            return self.prepare_input(model, images)
+        return model.resize_images(images)[0]
 
 
 GRAPH_WRAPPERS: dict[str, Callable[..., GraphSpec]] = {}
@@ -126,6 +139,17 @@ def yolov3_graph(model, decode_in_graph: bool = True) -> GraphSpec:
                      {"decoded_in_graph": True, "input_hw": [s, s], "clip_bbox": bool(model.clip_bbox)})
 
 
+@register_graph("cascade_rcnn")
+def cascade_graph(model, decode_in_graph: bool = True) -> GraphSpec:
+    # decode_in_graph has no meaning here: RPN decoding happens on the host for the selected anchors only,
+    # the RoI part always decodes its boxes in-graph (cascade_export.py)
+    from . import cascade_export as ce
+
+    return GraphSpec(ce.CascadeDenseGraph(model).eval(), ce.dense_output_names(model), ce.cascade_arch_meta(model),
+                     prepare_input=ce.mean_padded_input, onnx_builder=ce.export_cascade_onnx_proto,
+                     doc=TWO_PART_DOC, extra_checks=ce.verify_roi_part)
+
+
 def graph_spec(model, decode_in_graph: bool = True) -> GraphSpec:
     arch = getattr(model, "arch", None)
     if arch not in GRAPH_WRAPPERS:
@@ -145,7 +169,8 @@ def model_metadata(model, spec: GraphSpec, name: str | None = None) -> dict:
         "class_names": list(model.class_names),
         "input_size": int(model.input_size),
         "input_name": "images",
-        "input_format": "float32 [N,3,S,S] RGB in 0..1, resized (bilinear, antialias); mean/std applied in-graph",
+        "input_format": spec.arch_meta.get("input_format", "float32 [N,3,S,S] RGB in 0..1, resized (bilinear, "
+                                                          "antialias); mean/std applied in-graph"),
         "mean": [float(v) for v in model.pixel_mean.flatten()],
         "std": [float(v) for v in model.pixel_std.flatten()],
         "output_names": spec.output_names,
@@ -168,23 +193,31 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu().float()
     spec = graph_spec(model, decode_in_graph)
-    s = model.input_size
-    dummy = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-    axes = None
-    if dynamic_batch:
-        axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in spec.output_names}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation + tracer warnings on constant shapes
-        torch.onnx.export(spec.module, (dummy,), str(path), opset_version=opset, dynamo=False,
-                          input_names=["images"], output_names=spec.output_names, dynamic_axes=axes,
-                          do_constant_folding=True)
-    proto = onnx.load(str(path))
+    if spec.onnx_builder is not None:
+        if dynamic_batch:
+            raise ValueError(f"{model.arch} exports run one image at a time: dynamic_batch is not supported")
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="pocketdet-onnx-") as tmp:
+            proto = spec.onnx_builder(model, opset, tmp)
+    else:
+        s = model.input_size
+        dummy = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+        axes = None
+        if dynamic_batch:
+            axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in spec.output_names}}
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # legacy-exporter deprecation + tracer warnings on constant shapes
+            torch.onnx.export(spec.module, (dummy,), str(path), opset_version=opset, dynamo=False,
+                              input_names=["images"], output_names=spec.output_names, dynamic_axes=axes,
+                              do_constant_folding=True)
+        proto = onnx.load(str(path))
     meta = model_metadata(model, spec, name)
     meta["dynamic_batch"] = dynamic_batch
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
     proto.producer_name = "pocketdet"
-    proto.doc_string = f"pocketdet {meta['arch']} {meta['name']}".strip()
+    proto.doc_string = " ".join(p for p in ("pocketdet", meta["arch"], meta["name"], spec.doc) if p)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
@@ -202,6 +235,7 @@ class VerifyReport:
     max_box_err_px: float = 0.0
     max_score_err: float = 0.0
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)             # checks skipped as not comparable, with the reason
 
     @property
     def ok(self) -> bool:
@@ -214,6 +248,8 @@ class VerifyReport:
              f"{self.max_score_err:.2e})")
         if self.tie_exempt:
             s += f", {self.tie_exempt} not comparable (tied scores)"
+        if self.notes:
+            s += f"; {len(self.notes)} note(s), first: {self.notes[0]}"
         return s
 
 
@@ -259,6 +295,14 @@ def compare_detections(ref: dict, got: dict, keep_top_k: int, box_tol: float, sc
         report.problems.append(f"{where}: {len(bad_ref)} torch / {len(bad_got)} runtime detections unmatched; {detail}")
 
 
+def check_raw(name: str, ref: np.ndarray, got: np.ndarray, atol: float, report: VerifyReport, where: str) -> None:
+    """max |got - ref| <= atol x max(1, |ref|max), recorded under `name` in the report."""
+    err = float(np.abs(got - ref).max()) if ref.size else 0.0
+    report.raw_max_abs_err[name] = max(report.raw_max_abs_err.get(name, 0.0), err)
+    if err > atol * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0):
+        report.problems.append(f"{where}: output {name} max abs error {err:.3e} > {atol:g}")
+
+
 def verify_export(model, path_or_detector, images, *, raw_atol: float = 1e-3, box_tol: float = 0.1,
                   score_tol: float = 1e-3, decode_in_graph: bool | None = None, raise_on_error: bool = True
                   ) -> VerifyReport:
@@ -284,7 +328,7 @@ def verify_export(model, path_or_detector, images, *, raw_atol: float = 1e-3, bo
         rgb = npops.load_rgb(image)
         t = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
         with torch.no_grad():
-            x, _ = model.resize_images([t])
+            x = spec.graph_input(model, [t])
             ref_raw = [o.numpy() for o in spec.module(x)]
             ref_det = {k: v.numpy() for k, v in model([t])[0].items()}
         got_raw = det.forward(np.ascontiguousarray(x.numpy()))
@@ -294,10 +338,9 @@ def verify_export(model, path_or_detector, images, *, raw_atol: float = 1e-3, bo
                 report.problems.append(f"{where}: output {name} has shape {None if g is None else g.shape}, "
                                        f"torch {r.shape}")
                 continue
-            err = float(np.abs(g - r).max())
-            report.raw_max_abs_err[name] = max(report.raw_max_abs_err.get(name, 0.0), err)
-            if err > raw_atol * max(1.0, float(np.abs(r).max())):
-                report.problems.append(f"{where}: output {name} max abs error {err:.3e} > {raw_atol:g}")
+            check_raw(name, r, g, raw_atol, report, where)
+        if spec.extra_checks is not None:
+            spec.extra_checks(model, det, x, [tuple(t.shape[-2:])], raw_atol, report, where)
         compare_detections(ref_det, det.predict(rgb), keep_top_k, box_tol, score_tol, report, where)
         report.images += 1
     if raise_on_error and not report.ok:
@@ -377,7 +420,7 @@ def _write_int8(model, onnx_bytes: bytes, output, verify: bool, images, threads)
         rgb = npops.load_rgb(image)
         t = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
         with torch.no_grad():
-            x, _ = model.resize_images([t])
+            x = spec.graph_input(model, [t])
             ref = [o.numpy() for o in spec.module(x)]
         got = det.forward(np.ascontiguousarray(x.numpy()))
         for name, r in zip(spec.output_names, ref):

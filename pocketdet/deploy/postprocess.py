@@ -13,12 +13,16 @@ time), `outputs` maps the graph's output names to arrays (batch dimension includ
 post-processing thresholds (metadata's `postprocess_cfg`, possibly overridden by the caller) and
 `image_wh` the original image's (width, height). It returns numpy `boxes` [N,4] xyxy in original-image
 pixels, `scores` [N] and `labels` [N] (0-based class indices), sorted by score.
+
+Two optional hooks, used by Cascade R-CNN: `preprocess(rgb) -> x` replaces the square resize, and a class
+with `two_part = True` is called with a fourth argument `run_part(part, feeds) -> {name: array}` (the
+backend's `run_part`) to run the second graph on host-computed inputs.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import npops
+from . import npops, rcnn_ops
 
 POSTPROCESSORS: dict[str, type] = {}
 
@@ -94,3 +98,63 @@ class YOLOv3Postprocess:
             scores = scores.copy()
             scores[low] = 0.0
         return class_wise_nms(boxes, scores, cfg, (1, 1))
+
+
+@register_postprocess("cascade_rcnn")
+class CascadePostprocess:
+    """Cascade R-CNN: the dense outputs (FPN levels, RPN logits/deltas per level) -> numpy RPN proposals
+    (`rcnn_ops.rpn_proposals`) -> the backend's RoI part (`run_part("roi", ...)`: the three cascade stages,
+    scores [R,C+1] and boxes [R,4] in resized-input pixels) -> `rcnn_detections`. Pre-processing keeps the
+    aspect: long side = input_size, bilinear without antialias, padded with the mean to size_divisor."""
+
+    two_part = True
+
+    def __init__(self, meta: dict):
+        am = meta["arch_meta"]
+        self.input_size = int(meta["input_size"])
+        self.mean = np.asarray(meta["mean"], np.float32)
+        self.size_divisor = int(am["size_divisor"])
+        self.levels = list(am["levels"])
+        self.roi_levels = list(am["roi_levels"])
+        self.anchor_cfg = am["anchors"]
+        self.rpn_cfg = am["rpn"]
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        nh, nw = rcnn_ops.resized_hw(h, w, self.input_size)
+        return rcnn_ops.pad_with_mean(rcnn_ops.resize_bilinear(rgb, nh, nw), self.size_divisor, self.mean)
+
+    def proposals(self, outputs: dict, resized_hw: tuple[int, int]) -> np.ndarray:
+        return rcnn_ops.rpn_proposals([outputs[f"rpn_logits_{n}"] for n in self.levels],
+                                      [outputs[f"rpn_deltas_{n}"] for n in self.levels], resized_hw,
+                                      self.rpn_cfg, self.anchor_cfg)
+
+    def roi_feeds(self, outputs: dict, rois: np.ndarray, resized_hw: tuple[int, int]) -> dict:
+        feeds = {f"roi_{n}": outputs[n] for n in self.roi_levels}
+        feeds["rois"] = rois
+        feeds["image_hw"] = np.asarray(resized_hw, np.float32)
+        return feeds
+
+    def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int], run_part) -> dict:
+        w, h = image_wh
+        resized = rcnn_ops.resized_hw(h, w, self.input_size)
+        rois = self.proposals(outputs, resized)
+        if len(rois) == 0:  # no proposal (e.g. every box under min_size): nothing to pool, no RoI run
+            return empty_detections()
+        roi_out = run_part("roi", self.roi_feeds(outputs, rois, resized))
+        return rcnn_detections(roi_out["scores"], roi_out["boxes"], rcnn_ops.long_side_scale(h, w, self.input_size),
+                               (h, w), cfg)
+
+
+def rcnn_detections(scores: np.ndarray, boxes: np.ndarray, scale: float, orig_hw: tuple[int, int], cfg: dict) -> dict:
+    """`pocketdet.models.cascade_rcnn.postprocess_detections`: boxes divided by the resize scale and clipped
+    to the original image, every (RoI, foreground class) with score > score_thresh, class-wise NMS,
+    the best keep_top_k. scores [R,C+1] (background first), boxes [R,4] class-agnostic."""
+    boxes = rcnn_ops.clip_boxes(boxes / np.float32(scale), *orig_hw)
+    fg = scores[:, 1:]
+    r, c = np.nonzero(fg > cfg["score_thresh"])
+    if r.size == 0:
+        return empty_detections()
+    sc, bx = fg[r, c], boxes[r]
+    keep = npops.batched_nms(bx, sc, c, cfg["nms_thresh"], cfg["keep_top_k"])
+    return {"boxes": bx[keep], "scores": sc[keep], "labels": c[keep].astype(np.int64)}

@@ -65,13 +65,23 @@ class BaseDetector:
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def run_part(self, part: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The second graph of a two-part export (Cascade R-CNN's `roi` part): feeds -> {output: array}."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run part {part!r} of {self.source}")
+
     def preprocess(self, image) -> tuple[np.ndarray, tuple[int, int]]:
-        """Image -> ([1,3,S,S] float32 0..1, original (width, height)). Normalisation is in the graph."""
+        """Image -> ([1,3,S,S] float32 0..1, original (width, height)). Normalisation is in the graph.
+        An arch may bring its own resize (Cascade R-CNN: aspect kept, padded: [1,3,H,W])."""
         rgb = npops.load_rgb(image)
         h, w = rgb.shape[:2]
+        arch_preprocess = getattr(self._postprocess, "preprocess", None)
+        if arch_preprocess is not None:
+            return arch_preprocess(rgb), (w, h)
         return npops.resize_chw(rgb, self.input_size, exact=self.exact_resize), (w, h)
 
     def postprocess(self, outputs: dict[str, np.ndarray], image_wh: tuple[int, int]) -> dict:
+        if getattr(self._postprocess, "two_part", False):
+            return self._postprocess(outputs, self.postprocess_cfg, image_wh, self.run_part)
         return self._postprocess(outputs, self.postprocess_cfg, image_wh)
 
     def predict(self, image, score_thresh: float | None = None) -> dict:
@@ -114,6 +124,10 @@ class Detector(BaseDetector):
                 raise ValueError(f"threads must be >= 1, got {threads}")
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1  # the graphs are sequential chains: no inter-op parallelism to gain
+        if _is_two_part_export(path):
+            # its optional inputs are initializers listed as graph inputs (export_cascade_onnx_proto), on
+            # purpose; ORT warns about each at load. Errors still show.
+            opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts,
                                                 providers=providers or ["CPUExecutionProvider"])
@@ -127,3 +141,21 @@ class Detector(BaseDetector):
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self._output_names, {self._input_name: x})
         return dict(zip(self._output_names, outs))
+
+    def run_part(self, part: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # two-part exports keep both graphs in one session; every input has a default, so a partial feed runs
+        names = self.meta["arch_meta"]["parts"][part]["outputs"]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+
+TWO_PART_DOC = "pocketdet two-part graph"  # in the model's doc_string (near the file start) of such exports
+
+
+def _is_two_part_export(path: Path) -> bool:
+    """Whether `path` is a two-part export, from its first bytes: the arch is in the metadata, which
+    needs a loaded session, while the log level must be chosen before loading."""
+    try:
+        with path.open("rb") as f:
+            return TWO_PART_DOC.encode() in f.read(4096)
+    except OSError:
+        return False
