@@ -369,6 +369,8 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
              "*predict*: a decoded 640x427 photo to final boxes (resize, normalise, network, decode, NMS). "
              "Weights are random but made trained-like (`make_trained_like`: BN statistics from real photos, "
              "sharpened class logits) so that post-processing sees a realistic number of candidates. "
+             "Cascade R-CNN: *forward* is its dense part (backbone, FPN, RPN head) on the long-side-resized, "
+             "padded input; *predict* adds the numpy proposals, the RoI part (3 stages on 100 RoIs) and NMS. "
              "AP is the published Paddle number of the zoo entry, not measured here.", "",
              rows_markdown(rows)]
     by_key = {(r.model, r.runtime, r.threads): r for r in rows if r.forward}

@@ -4,6 +4,9 @@ Export goes torch -> TorchScript trace -> pnnx -> ncnn `.ncnn.param` + `.ncnn.bi
 (pnnx's default fp16 weights cost 1e-3..4e-2 of output error). ncnn files carry no metadata, so the same
 JSON that an ONNX export keeps in `metadata_props` is written beside them as `.ncnn.json`.
 
+Cascade R-CNN exports a second net (`NAME.heads.ncnn.param/.bin`: the cascade stages' FC heads) and runs
+its multi-scale RoIAlign on the host (see `export_ncnn`).
+
 `NcnnDetector` runs the files from Python with the `ncnn` wheel and the same numpy pre/post-processing as
 the ONNX runtime; like runtime.py it imports neither torch nor `pocketdet.models`. Install the optional
 extra: `pip install pocketdet[mobile]` (ncnn for running, pnnx for exporting).

@@ -116,7 +116,8 @@ def clip_boxes(boxes: np.ndarray, h: float, w: float) -> np.ndarray:
 
 
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first (torch `topk`; ties: lower index first)."""
+    """Indices of the k largest values, largest first (torch `topk`). Which of exactly equal values makes
+    a cut is unspecified here as in torch (random-init models have such ties; `verify_roi_part` says so)."""
     return npops.best_first(values, min(k, len(values)))
 
 
@@ -231,7 +232,8 @@ def multiscale_roi_align(levels: list[np.ndarray], rois: np.ndarray, padded_hw: 
     k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
     out_size = tuple(cfg["output_size"])
     which = roi_levels(rois, k_min, k_max, cfg["canonical_scale"], cfg["canonical_level"])
-    out = np.zeros((len(rois), levels[0].shape[1], *out_size), _F32)
+    channels = levels[0].shape[-1] if levels[0].ndim == 3 else levels[0].shape[1]
+    out = np.zeros((len(rois), channels, *out_size), _F32)
     for k, (feat, scale) in enumerate(zip(levels, scales)):
         idx = np.flatnonzero(which == k)
         if idx.size:
