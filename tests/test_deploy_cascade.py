@@ -58,6 +58,8 @@ def test_one_file_holds_both_parts(cascade, cascade_onnx):
     assert set(graph_inputs) <= {t.name for t in proto.graph.initializer}
     assert [o.name for o in proto.graph.output] == meta["output_names"] + ["scores", "boxes"]
     assert meta["arch_meta"]["rpn"]["pre_nms_top_n"] == 300 and meta["arch_meta"]["rpn"]["post_nms_top_n"] == 100
+    domains = [op.domain for op in proto.opset_import]  # one entry per domain (ORT's quantizer insists)
+    assert len(domains) == len(set(domains))
 
 
 def test_verify_export_landscape_and_portrait(cascade, cascade_onnx):

@@ -228,6 +228,12 @@ def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: di
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
         meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+        if "parts" in meta.get("arch_meta", {}):
+            # Cascade R-CNN's file holds two subgraphs whose optional inputs are initializers (export.py):
+            # ORT's pre-processing turns them into constants and drops them from the inputs, which breaks the
+            # RoI part. Not supported rather than silently wrong.
+            raise QuantError(f"{fp32_path}: int8 quantization of two-part exports ({meta['arch']}) is not "
+                             "supported: ORT's quantizer folds the RoI part's optional inputs into constants")
         # Root-level nodes belong to the export wrapper (softmax, box decoding, clamping): kept float, so scores
         # and boxes keep full resolution (int8 would round scores to 1/255 and create ties in NMS).
         exclude = [n.name for n in model.graph.node

@@ -216,6 +216,13 @@ def export_cascade_onnx_proto(model: CascadeRCNN, opset: int, tmpdir):
     for name, value in defaults.items():
         merged.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
     merged.graph.name = "pocketdet_cascade_rcnn"
+    # merge_models lists the default domain once per input model; ORT's quantizer (and onnx tools that look
+    # the opset up by domain) require one entry per domain
+    versions: dict[str, int] = {}
+    for op in merged.opset_import:
+        versions[op.domain] = max(versions.get(op.domain, 0), op.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
     return merged
 
 
