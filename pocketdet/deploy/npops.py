@@ -143,7 +143,7 @@ def per_class_candidates(scores: np.ndarray, score_thresh: float, top_k: int):
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: float,
-                max_keep: int, max_pairs: int = 100_000) -> np.ndarray:
+                max_keep: int, max_pairs: int = 1_000_000) -> np.ndarray:
     """Greedy NMS within each label (torchvision `batched_nms` semantics: a box is suppressed by a kept,
     higher-scored box of its label with IoU > thresh). Returns kept indices sorted by score, at most
     `max_keep` (keep_top_k).
@@ -156,8 +156,8 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     Inside a prefix all same-label IoUs are computed at once and greedy NMS is solved as a fixed point on
     the "suppresses" edges: kept[j] = no kept i before j with an edge i->j. The edges go one way in score
     order, so the solution is unique and iterating from "all kept" until nothing changes gives exactly
-    greedy NMS, in as many rounds as the longest suppression chain (2-5 in practice). A prefix with more
-    than `max_pairs` same-label pairs falls back to the plain best-first loop (bounded memory).
+    greedy NMS, in as many rounds as the longest suppression chain (2-5 in practice). A prefix whose largest
+    label group has more than `max_pairs` pairs falls back to the plain best-first loop (bounded memory).
     """
     n = scores.shape[0]
     m = min(n, max(2 * max_keep, 64))
@@ -187,32 +187,59 @@ def _greedy_nms(boxes, labels, iou_thresh, max_keep, max_pairs) -> np.ndarray:
     g_boxes, g_labels = boxes[by_label], labels[by_label]
     group_end = np.searchsorted(g_labels, g_labels, side="right")
     areas = (g_boxes[:, 2] - g_boxes[:, 0]) * (g_boxes[:, 3] - g_boxes[:, 1])
-    partners = group_end - np.arange(n) - 1  # later same-label boxes of each box
-    num_pairs = int(partners.sum())
-    if num_pairs <= max_pairs:
-        kept_grouped = _nms_fixed_point(g_boxes, areas, partners, num_pairs, iou_thresh)
+    largest = int((group_end - np.searchsorted(g_labels, g_labels, side="left")).max())
+    if largest * (largest - 1) // 2 <= max_pairs:
+        kept_grouped = _nms_fixed_point(g_boxes, g_labels, areas, iou_thresh)
     else:
         kept_grouped = _nms_best_first(g_boxes, areas, group_end, by_label, iou_thresh, max_keep)
     return np.sort(by_label[kept_grouped])
 
 
 def _iou_pairs(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) -> np.ndarray:
-    """IoU as torchvision's CPU kernel computes it (same float32 operations, so the same > decisions)."""
+    """IoU as torchvision's CPU kernel computes it (same float32 operations, so the same > decisions).
+    Broadcasts: pairs of equal-shape arrays, or [n,1,4] against [1,n,4] for a whole matrix."""
     iw = np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0])
     ih = np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1])
     inter = np.maximum(iw, 0) * np.maximum(ih, 0)
     return inter / (a1 + a2 - inter)
 
 
-def _nms_fixed_point(g_boxes, areas, partners, num_pairs, iou_thresh) -> np.ndarray:
+_DENSE_GROUP = 32  # label groups at least this large get a dense IoU matrix instead of gathered pairs
+
+
+def _suppression_edges(g_boxes, g_labels, areas, iou_thresh) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) with src before dst in the same label group and IoU > thresh. Small groups: every pair
+    gathered in one vectorised pass (many classes with a few boxes each). Large groups (one crowded class,
+    an undertrained model): the group's IoU matrix by broadcasting, ~5x cheaper than gathering its pairs."""
+    idx = np.arange(len(areas))
+    group_start = np.searchsorted(g_labels, g_labels, side="left")
+    group_end = np.searchsorted(g_labels, g_labels, side="right")
+    size = group_end - group_start
+    partners = np.where(size < _DENSE_GROUP, group_end - idx - 1, 0)
+    num_pairs = int(partners.sum())
+    srcs, dsts = [], []
+    if num_pairs:
+        src = np.repeat(idx, partners)
+        first_pair = np.cumsum(partners) - partners
+        dst = src + 1 + (np.arange(num_pairs) - np.repeat(first_pair, partners))
+        hit = _iou_pairs(g_boxes[src], areas[src], g_boxes[dst], areas[dst]) > iou_thresh
+        srcs.append(src[hit])
+        dsts.append(dst[hit])
+    for start in np.unique(group_start[size >= _DENSE_GROUP]):
+        end = int(group_end[start])
+        b, a = g_boxes[start:end], areas[start:end]
+        hit = np.triu(_iou_pairs(b[:, None], a[:, None], b[None], a[None]) > iou_thresh, 1)
+        i, j = np.nonzero(hit)
+        srcs.append(i + start)
+        dsts.append(j + start)
+    if not srcs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(srcs), np.concatenate(dsts)
+
+
+def _nms_fixed_point(g_boxes, g_labels, areas, iou_thresh) -> np.ndarray:
     n = len(areas)
-    if num_pairs == 0:
-        return np.arange(n)
-    src = np.repeat(np.arange(n), partners)
-    first_pair = np.cumsum(partners) - partners
-    dst = src + 1 + (np.arange(num_pairs) - np.repeat(first_pair, partners))
-    hit = _iou_pairs(g_boxes[src], areas[src], g_boxes[dst], areas[dst]) > iou_thresh
-    src, dst = src[hit], dst[hit]
+    src, dst = _suppression_edges(g_boxes, g_labels, areas, iou_thresh)
     keep = np.ones(n, bool)
     while True:
         suppressed = np.zeros(n, bool)
