@@ -53,48 +53,57 @@ def resize_chw(rgb: np.ndarray, size: int, exact: bool = True) -> np.ndarray:
         x = small.transpose(2, 0, 1).astype(np.float32)
         x *= np.float32(1.0 / 255.0)
         return x[None]
-    cols, wx = _aa_taps(w, size)
-    rows, wy = _aa_taps(h, size)
+    cols, wx = _aa_taps(w, size, channels=3)
+    rows, wy = _aa_taps(h, size, scale=1.0 / 255.0)
     flat = rgb.reshape(h, w * 3)
-    # horizontal pass on interleaved RGB: tap k of output column j reads input columns 3*cols[j,k] + (0,1,2)
-    tmp = None
-    for k in range(cols.shape[1]):
-        c = (3 * cols[:, k, None] + _RGB).ravel()
+    # horizontal pass on interleaved RGB rows: tap k of output column j reads input columns 3*cols[j,k]+(0,1,2)
+    # (astype, then an in-place multiply: a mixed uint8 x float32 ufunc is ~2x slower here)
+    acc = None
+    for c, wk in zip(cols, wx):
         term = np.take(flat, c, axis=1).astype(np.float32)
-        term *= np.repeat(wx[:, k], 3)
-        tmp = term if tmp is None else tmp.__iadd__(term)
-    # vertical pass, with the 1/255 folded into the weights
+        term *= wk
+        acc = term if acc is None else acc.__iadd__(term)
+    # vertical pass (row gathers), with the 1/255 folded into the weights
     out = None
-    for k in range(rows.shape[1]):
-        term = np.take(tmp, rows[:, k], axis=0)
-        term *= (wy[:, k] * np.float32(1.0 / 255.0))[:, None]
+    for r, wk in zip(rows, wy):
+        term = np.take(acc, r, axis=0)
+        term *= wk
         out = term if out is None else out.__iadd__(term)
     return np.ascontiguousarray(out.reshape(size, size, 3).transpose(2, 0, 1))[None]
 
 
-_RGB = np.arange(3)
-_TAPS_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_TAPS_CACHE: dict[tuple, tuple[list, list]] = {}
 
 
-def _aa_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Input indices [n_out, K] and weights [n_out, K] of torch's antialiased bilinear resize along one axis:
-    output i is centred at scale*(i+0.5); the triangle filter is stretched by scale when downscaling; taps
-    outside the input get weight 0 and the weights of each output are normalised to sum 1."""
-    key = (n_in, n_out)
+def _aa_taps(n_in: int, n_out: int, channels: int = 0, scale: float = 1.0) -> tuple[list, list]:
+    """torch's antialiased bilinear resize along one axis, as per-tap lists: `idx[k]` input indices and
+    `wts[k]` float32 weights of tap k for every output. Output i is centred at f*(i+0.5) (f = n_in/n_out); the
+    triangle filter is stretched by f when downscaling; taps outside the input get weight 0, each output's
+    weights sum to 1 (times `scale`), taps that are 0 for every output are dropped. `channels` > 0: indices
+    into interleaved rows (`channels*i + c`) and weights repeated per channel; else weights shaped [n_out, 1]."""
+    key = (n_in, n_out, channels, scale)
     if key not in _TAPS_CACHE:
-        scale = n_in / n_out
-        support = scale if scale >= 1.0 else 1.0
-        inv = 1.0 / scale if scale >= 1.0 else 1.0
-        center = scale * (np.arange(n_out) + 0.5)
+        f = n_in / n_out
+        support = f if f >= 1.0 else 1.0
+        inv = 1.0 / f if f >= 1.0 else 1.0
+        center = f * (np.arange(n_out) + 0.5)
         lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # int() truncation, as torch/PIL
         hi = np.minimum((center + support + 0.5).astype(np.int64), n_in)
         idx = lo[:, None] + np.arange(int((hi - lo).max()))
         wts = np.maximum(1.0 - np.abs((idx - center[:, None] + 0.5) * inv), 0.0)
         wts[idx >= hi[:, None]] = 0.0
-        wts /= wts.sum(1, keepdims=True)
-        if len(_TAPS_CACHE) > 64:  # photos of many sizes: keep the cache bounded
+        wts = wts / wts.sum(1, keepdims=True) * scale
+        idx = np.minimum(idx, n_in - 1)
+        used = np.flatnonzero(wts.any(0))
+        if channels:
+            taps = [(channels * idx[:, k, None] + np.arange(channels)).ravel() for k in used]
+            weights = [np.repeat(wts[:, k], channels).astype(np.float32) for k in used]
+        else:
+            taps = [idx[:, k] for k in used]
+            weights = [wts[:, k, None].astype(np.float32) for k in used]
+        if len(_TAPS_CACHE) > 128:  # photos of many sizes: keep the cache bounded
             _TAPS_CACHE.clear()
-        _TAPS_CACHE[key] = (np.minimum(idx, n_in - 1), wts.astype(np.float32))
+        _TAPS_CACHE[key] = (taps, weights)
     return _TAPS_CACHE[key]
 
 
