@@ -75,11 +75,9 @@ def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, co
     lines = ["## Training speed (CPU)", "",
              f"One training step (forward, loss, backward, SGD step) at batch {batch}, {size}x{size}, random images "
              f"with 3 boxes each; median of {iters} steps after warm-up; torch {torch.__version__}. "
-             f"Measured {datetime.date.today().isoformat()} on {machine}. **The machine was shared with other "
-             "processes during the run**, so absolute numbers are pessimistic and noisy; compare rows of one run. "
-             "On an oversubscribed machine a second torch thread makes a step slower, not faster (OpenMP threads "
-             "wait for each other); on an idle machine torch eager gains 1.2-1.4x from a second thread for inference "
-             "(docs of this project's runtime measurements).",
+             f"Measured {datetime.date.today().isoformat()} on {machine} (the load average says whether other "
+             "processes shared the machine: a busy machine gives pessimistic, noisy numbers, and there a second "
+             "torch thread makes a step slower, not faster). Compare rows of one run.",
              "", "| model | threads | step (s) | images/s |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['threads']} | {r['step_s']:.2f} | {r['images_per_s']:.2f} |")
