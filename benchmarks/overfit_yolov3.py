@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT / "data" / "coco128"
 
 
-def load_coco_subset(num_images: int, root: Path = COCO128):
+def load_coco_subset(num_images: int, root: Path = COCO128, skip: int = 0):
     """The first `num_images` train2017 images (JSON order) that have non-crowd boxes.
     Returns (images uint8 [3,H,W] list, targets with xyxy pixel boxes / 0-based labels, gt dict, cat ids)."""
     ann_file = root / "annotations" / "instances_train2017.json"
@@ -39,7 +39,7 @@ def load_coco_subset(num_images: int, root: Path = COCO128):
     for a in data["annotations"]:
         if not a.get("iscrowd", 0):
             by_image.setdefault(a["image_id"], []).append(a)
-    chosen = [im for im in data["images"] if by_image.get(im["id"])][:num_images]
+    chosen = [im for im in data["images"] if by_image.get(im["id"])][skip:skip + num_images]
     images, targets = [], []
     for im in chosen:
         with Image.open(root / "images" / "train2017" / im["file_name"]) as f:

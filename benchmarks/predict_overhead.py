@@ -96,6 +96,11 @@ def main(argv=None) -> None:
         lines.append(f"| `{ck}` | {getattr(getattr(model, 'zoo_config', None), 'name', type(model).__name__)} | {r['forward_ms']:.2f} | "
                      f"{r['predict_ms']:.2f} | {r['pre_ms']:.2f} | {r['post_ms']:.2f} | "
                      f"**{r['ratio_of_medians']:.2f}x** | {r['detections_mean']:.0f} |")
+    lines += ["", "pre is the antialiased resize of the photo, a fixed cost per photo size (2-4 ms for VGA on this CPU "
+              "whichever library does it: docs/deploy.md), so it weighs most on the smallest network; post grows with "
+              "the number of (class, prior) pairs over the score threshold, large for an undertrained model (the demo "
+              "runs are minutes of CPU training from scratch) and small for a converged one (peers table: 1.21x with "
+              "trained-like weights)."]
     md = "\n".join(lines)
     print(md)
     replace_section(args.md, "deploy-overhead", md, parent="deploy")

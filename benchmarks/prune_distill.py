@@ -110,7 +110,7 @@ def fit_recovery(args):
     t0 = time.perf_counter()
     log = lambda *a: print(f"[{time.perf_counter() - t0:6.0f}s]", *a, flush=True)  # noqa: E731
     torch.manual_seed(0)
-    images, targets, gt, cat_ids = load_coco_subset(args.fit_images)
+    images, targets, gt, cat_ids = load_coco_subset(args.fit_images, skip=args.fit_skip)
     size = 320
     x = torch.stack([torch.nn.functional.interpolate(im[None].float() / 255, size=(size, size), mode="bilinear",
                                                      align_corners=False, antialias=True)[0] for im in images])
@@ -165,7 +165,7 @@ def fit_recovery(args):
                 log(label, it, curve[it])
         rows.append({"model": label, "curve": curve})
     body = fit_markdown(rows, args, rep, time.perf_counter() - t0, count_params(base), count_params(pruned))
-    replace_section(args.md, "prune-fit", body)
+    replace_section(args.md, f"prune-fit-{args.fit_skip}" if args.fit_skip else "prune-fit", body)
     print(body)
 
 
@@ -174,8 +174,8 @@ def fit_markdown(rows, args, rep, seconds, base_params, pruned_params) -> str:
     lines = ["## Pruning + distillation: recovery on fitted photos (`benchmarks/prune_distill.py --fit-images`)", "",
              f"`OMP_NUM_THREADS=1 python benchmarks/prune_distill.py {' '.join(sys.argv[1:])}` "
              f"({seconds / 60:.1f} min on CPU, {datetime_today()}). Teacher: YOLOv3-MobileNetV3-Large 320 fitted "
-             f"{args.base_iters} iterations (Adam one-cycle 2e-3, full batch, no augmentation) to the first "
-             f"{args.fit_images} annotated coco128 train photos; student: the same weights FPGM-pruned with the seed "
+             f"{args.base_iters} iterations (Adam one-cycle 2e-3, full batch, no augmentation) to "
+             f"{args.fit_images} annotated coco128 train photos (after skipping {args.fit_skip}); student: the same weights FPGM-pruned with the seed "
              f"recipe (widths {rep.block_widths}; params {pruned_params / 1e6:.2f} M of {base_params / 1e6:.2f} M); "
              f"then the same iterations, batch and optimizer (Adam {args.lr}) with the YOLOv3 loss alone or plus the "
              "split-distill loss (x1000) from the teacher. AP50 (COCO, faster-coco-eval) on those photos, BN "
@@ -212,6 +212,8 @@ def main():
     ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--fit-images", type=int, default=0,
                     help="recovery experiment on N fitted photos instead (see fit_recovery); 0: the demo-data run")
+    ap.add_argument("--fit-skip", type=int, default=0, help="with --fit-images: skip this many photos first "
+                    "(another photo set; its table goes to section prune-fit-SKIP)")
     ap.add_argument("--eval-at", type=int, nargs="*", default=None,
                     help="with --fit-images: also evaluate after these iterations (default: iters/4, iters/2)")
     args = ap.parse_args()
