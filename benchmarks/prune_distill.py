@@ -171,7 +171,9 @@ def fit_recovery(args):
 
 def fit_markdown(rows, args, rep, seconds, base_params, pruned_params) -> str:
     its = sorted({k for r in rows[2:] for k in r["curve"]})
-    lines = ["## Pruning + distillation: recovery on fitted photos (`benchmarks/prune_distill.py --fit-images`)", "",
+    photo_set = f", photos {args.fit_skip + 1}-{args.fit_skip + args.fit_images}" if args.fit_skip else ""
+    lines = [f"## Pruning + distillation: recovery on fitted photos{photo_set} (`benchmarks/prune_distill.py "
+             "--fit-images`)", "",
              f"`OMP_NUM_THREADS=1 python benchmarks/prune_distill.py {' '.join(sys.argv[1:])}` "
              f"({seconds / 60:.1f} min on CPU, {datetime_today()}). Teacher: YOLOv3-MobileNetV3-Large 320 fitted "
              f"{args.base_iters} iterations (Adam one-cycle 2e-3, full batch, no augmentation) to "
