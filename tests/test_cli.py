@@ -89,3 +89,18 @@ def test_train_without_pretrained_calibrates_frozen_norm(coco128_yaml):
     before = {k: v.clone() for k, v in ssd.state_dict().items()}
     _frozen_norm_init(ds, n=2)(ssd)  # no frozen BN: untouched
     assert all(torch.equal(before[k], v) for k, v in ssd.state_dict().items())
+
+
+def test_export_cascade_then_predict_with_onnx_runtime(tmp_path, data_dir):
+    """`pocketdet export` of a two-part model (Cascade R-CNN) verifies it, and `--dynamic-batch` is refused."""
+    out = tmp_path / "cascade.onnx"
+    photo = data_dir / "coco128" / "images" / "val2017" / "000000000139.jpg"
+    r = runner.invoke(app, ["export", "cascade_rcnn_mnv3_large_fpn_320", "--format", "onnx", "-o", str(out),
+                            "--image", str(photo)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "1 images" in r.output and "wrote" in r.output
+    r = runner.invoke(app, ["predict", str(out), str(photo), "--runtime", "onnx", "--out", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", "cascade_rcnn_mnv3_large_fpn_320", "-o", str(tmp_path / "x.onnx"),
+                            "--dynamic-batch", "--no-verify"])
+    assert r.exit_code != 0 and "dynamic_batch" in r.output
