@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,19 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pocketdet.deploy.bench import replace_section  # noqa: E402
+from pocketdet.deploy.bench import machine_info, replace_section  # noqa: E402
 
 SIZES = {320: "cascade_rcnn_mnv3_large_fpn_320", 640: "cascade_rcnn_mnv3_large_fpn_640"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_photos(n: int):
@@ -176,7 +165,7 @@ def main() -> None:
         "Dense MACs at 320x320 / 640x640: 0.787 G / 3.146 G; the RoI heads add 0.164 G for 100 RoIs (5 head passes) "
         "(tests/test_cascade_rcnn.py). Paddle-Lite reference (SD855, 1 thread): 46.2 ms (320), 189.7 ms (640).",
         "",
-        f"Measured {datetime.date.today().isoformat()}, {cpu_name()}, {os.cpu_count()} vCPUs, torch "
+        f"Measured {datetime.date.today().isoformat()}, {machine_info()['cpu']}, {os.cpu_count()} vCPUs, torch "
         f"{torch.__version__}; the machine was shared with other jobs (1-min load average {load_before:.1f} "
         f"before, {load_after:.1f} after), so treat the wall times as upper bounds"
         + ("" if len(args.threads) > 1 else

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -127,17 +126,9 @@ def run_overfit(num_images: int = 6, iters: int = 80, lr: float = 1e-3, seed: in
             "train_s": train_s, "train_cpu_s": train_cpu_s, "threads": torch.get_num_threads(), "image_ids": ids}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
+    from pocketdet.deploy.bench import machine_info, replace_section
+
     rpn, s1, s2, s3 = res["stage_ious"]
     body = "\n".join([
         "## Cascade R-CNN MobileNetV3-Large FPN 320: overfit check",
@@ -160,13 +151,11 @@ def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
         "|---|---|---|---|",
         f"| {rpn:.3f} | {s1:.3f} | {s2:.3f} | {s3:.3f} |",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {cpu_name()}, 2 vCPUs shared with other processes "
+        f"Measured {datetime.date.today().isoformat()} on {machine_info()['cpu']}, 2 vCPUs shared with other processes "
         "(under load the wall time exceeds the process CPU time, which is what the run needs). "
         f"Command: `OMP_NUM_THREADS={res['threads']} .venv/bin/python benchmarks/overfit_cascade.py "
         f"--images {res['images']} --iters {res['iters']}`.",
     ])
-    from pocketdet.deploy.bench import replace_section
-
     replace_section(path, "cascade", body, title="# Overfit checks")
 
 
