@@ -44,3 +44,28 @@ def tiny_coco(tmp_path, data_dir):
     ann_file = tmp_path / "instances.json"
     ann_file.write_text(json.dumps(ann))
     return img_dir, ann_file, ann
+
+
+# A committed SSDLite-Small fitted to 8 real coco128 photos (tools/make_fitted_fixture.py): tests that need a
+# model that detects something load it instead of training, so they do not depend on how far N optimizer steps
+# get on a given CPU.
+FITTED = Path(__file__).resolve().parent / "fixtures" / "fitted"
+
+
+@pytest.fixture(scope="session")
+def fitted_ckpt() -> Path:
+    return FITTED / "ssdlite_small_fit.pt"
+
+
+@pytest.fixture(scope="session")
+def fitted_yaml() -> Path:
+    """Dataset YAML whose train and val splits are the 8 photos the fixture was fitted on."""
+    return FITTED / "fit.yaml"
+
+
+@pytest.fixture(scope="session")
+def fitted_photos() -> list[Path]:
+    import json
+
+    names = json.loads((FITTED / "fit.json").read_text())["photos"]
+    return [DATA / "coco128" / "images" / "train2017" / n for n in names]
