@@ -15,25 +15,95 @@ _DWH_CLAMP = np.float32(np.log(1000.0 / 16))
 
 
 # -- images ---------------------------------------------------------------------------------------------
+# Orientation: pixels are used as stored; an EXIF orientation tag is NOT applied, here, in the torch
+# `predict` (models/inputs.py) and in training (data/base.py). That is COCO's convention (its annotations and
+# width/height are in the stored frame; pycocotools and torchvision's decoders ignore the tag too), so boxes
+# are always in the frame of the stored pixels. Callers who want the upright frame rotate the image first
+# (`PIL.ImageOps.exif_transpose`) and pass the result.
+
+REDUCING_GAP = 2.0  # integer pre-reduction keeps >= this many source pixels per output pixel (PIL's reducing_gap)
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """A PIL image of any common mode -> HxWx3 uint8 RGB. 16-bit grayscale keeps its top 8 bits (PIL's own
+    convert would clip it to white); alpha is dropped (the colour under it is used as is); CMYK converts with
+    PIL's ICC-less formula; palette and 1-bit images expand."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        gray = (np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        raise ValueError("floating-point images (PIL mode F) are not supported: convert to 8-bit RGB first")
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
 def load_rgb(image) -> np.ndarray:
-    """A path, PIL image or HxWx3 uint8 array -> contiguous HxWx3 uint8 RGB array."""
+    """A path, PIL image or HxWx3 uint8 array -> contiguous HxWx3 uint8 RGB array (full resolution)."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as f:
-                image = f.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        with _open(image) as f:
+            return np.ascontiguousarray(_decode(f, image))
+    return _check_array(to_rgb_array(image) if isinstance(image, Image.Image) else image)
+
+
+def load_for_input(image, min_wh) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode for inference at no more resolution than the network can use: (HxWx3 uint8 RGB, the original
+    (width, height)). `min_wh(w, h) -> (tw, th)` is the size the network input is resized to.
+
+    A JPEG file decodes at the largest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled IDCT, PIL `Image.draft`)
+    that keeps the image at least (tw, th): a 12 MP photo for a 320 input decodes 8x smaller, ~8x faster.
+    Any image that is still more than `REDUCING_GAP` times larger than needed along an axis is then
+    box-averaged by an integer factor (`reduce_large`), so the exact antialiased resize that follows works
+    on a small image. Both steps average whole blocks of pixels, as the wide antialias filter does anyway:
+    detections move by far less than a pixel of the network input (benchmarks/predict_overhead.py: AP
+    unchanged on 12 MP photos). Photos at most twice the input size (VGA for 320) take the exact path."""
+    if isinstance(image, (str, Path)):
+        with _open(image) as f:
+            w, h = f.size
+            if f.format == "JPEG":
+                f.draft("RGB", tuple(max(1, int(v)) for v in min_wh(w, h)))  # scale keeps size >= request
+            rgb = _decode(f, image)
+    else:
+        rgb = load_rgb(image)
+        h, w = rgb.shape[:2]
+    tw, th = min_wh(w, h)
+    return reduce_large(rgb, tw, th), (w, h)
+
+
+def reduce_large(rgb: np.ndarray, out_w: int, out_h: int, gap: float = REDUCING_GAP) -> np.ndarray:
+    """Box-average by the largest integer factors (per axis) that keep the image at least `gap` times
+    (out_w, out_h); the image itself when no axis is that large. PIL `Image.reduce`: ~1 ms per 12 MP."""
+    h, w = rgb.shape[:2]
+    fx, fy = max(1, int(w / (out_w * gap))), max(1, int(h / (out_h * gap)))
+    if fx == 1 and fy == 1:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).reduce((fx, fy)))
+
+
+def _open(path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _decode(f: Image.Image, path) -> np.ndarray:
+    try:
+        return to_rgb_array(f)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated / garbage data
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _check_array(image) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a path, PIL image or HxWx3 uint8 array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 array, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 array (0..255), got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, got shape {image.shape}")
     return np.ascontiguousarray(image)
 
 
@@ -177,6 +247,47 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
             if len(kept) >= max_keep or m == n:
                 return prefix[kept[:max_keep]]
             m = min(n, 2 * m)
+
+
+def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, score_thresh: float, top_k: int, iou_thresh: float,
+                   max_keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense detector tail on boxes [P,4] and scores [P,C]: per class the `top_k` best (prior, class) pairs
+    above `score_thresh`, greedy NMS per class, the best `max_keep` overall -> (prior index, class index,
+    score) of the kept pairs, best first. Same result as torch's `scores.topk(top_k, dim=0)`, threshold,
+    `batched_nms`, `[:max_keep]` (`pocketdet.models.ssdlite.nms_per_class`), for distinct scores.
+
+    Cheap for undertrained models too (tens of thousands of pairs over a 0.01 threshold): after the
+    threshold only the pairs' flat indices and scores are kept; the best-first prefix of `batched_nms`
+    (2*max_keep, doubled while too few survive) is the only part that is sorted, split into prior/class,
+    cut to `top_k` per class and given boxes. The per-class cut is exact inside a prefix because a pair's
+    rank in its class depends only on better pairs, which are all in the prefix."""
+    num_classes = scores.shape[1]
+    flat_scores = np.ascontiguousarray(scores).ravel()
+    cand = np.flatnonzero(flat_scores > score_thresh)
+    cand_scores = flat_scores[cand]
+    n = len(cand)
+    m = min(n, max(2 * max_keep, 64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while True:
+            pairs = cand[best_first(cand_scores, m)]
+            prior_idx, class_idx = np.divmod(pairs, num_classes)
+            within_top_k = _rank_in_label(class_idx) < top_k
+            prior_idx, class_idx = prior_idx[within_top_k], class_idx[within_top_k]
+            kept = _greedy_nms(boxes[prior_idx], class_idx, iou_thresh, max_keep, 1_000_000)[:max_keep]
+            if len(kept) >= max_keep or m == n:
+                prior_idx, class_idx = prior_idx[kept], class_idx[kept]
+                return prior_idx, class_idx, scores[prior_idx, class_idx]
+            m = min(n, 2 * m)
+
+
+def _rank_in_label(labels: np.ndarray) -> np.ndarray:
+    """For labels listed best first: how many earlier entries share each entry's label (0 = its best)."""
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    start = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(labels)) - start
+    return rank
 
 
 def best_first(scores: np.ndarray, m: int) -> np.ndarray:

@@ -14,7 +14,9 @@ post-processing thresholds (metadata's `postprocess_cfg`, possibly overridden by
 `image_wh` the original image's (width, height). It returns numpy `boxes` [N,4] xyxy in original-image
 pixels, `scores` [N] and `labels` [N] (0-based class indices), sorted by score.
 
-Two optional hooks, used by Cascade R-CNN: `preprocess(rgb) -> x` replaces the square resize, and a class
+Optional hooks, used by Cascade R-CNN: `input_wh(w, h) -> (tw, th)` the size the network input is resized
+to (default: square), `preprocess(rgb, orig_wh) -> x` replaces the square resize (`rgb` may be decoded smaller
+than `orig_wh`, see `npops.load_for_input`), and a class
 with `two_part = True` is called with a fourth argument `run_part(part, feeds) -> {name: array}` (the
 backend's `run_part`) to run the second graph on host-computed inputs.
 """
@@ -43,15 +45,13 @@ def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, cfg: dict, image_wh: t
     """Shared tail for dense detectors: boxes [P,4] xyxy (clipped), scores [P,C] (no background column) ->
     per class the `nms_top_k` best above `score_thresh`, NMS, `keep_top_k` best; boxes multiplied by
     image_wh at the end (normalised boxes -> pixels; pass (1, 1) for boxes already in pixels).
-    Mirrors `pocketdet.models.ssdlite.nms_per_class`."""
-    prior_idx, labels, cand_scores = npops.per_class_candidates(scores, cfg["score_thresh"], cfg["nms_top_k"])
-    if prior_idx.size == 0:
-        return empty_detections()
-    cand_boxes = boxes[prior_idx]
-    keep = npops.batched_nms(cand_boxes, cand_scores, labels, cfg["nms_thresh"], cfg["keep_top_k"])
+    Mirrors `pocketdet.models.ssdlite.nms_per_class`: same detections, but the per-class top-k is applied
+    inside NMS's best-first prefix (`npops.class_wise_nms`), so only the few best candidates are sorted."""
+    prior_idx, labels, kept_scores = npops.class_wise_nms(boxes, scores, cfg["score_thresh"], cfg["nms_top_k"],
+                                                         cfg["nms_thresh"], cfg["keep_top_k"])
     w, h = image_wh
     scale = np.array([w, h, w, h], np.float32)
-    return {"boxes": cand_boxes[keep] * scale, "scores": cand_scores[keep], "labels": labels[keep].astype(np.int64)}
+    return {"boxes": boxes[prior_idx] * scale, "scores": kept_scores, "labels": labels.astype(np.int64)}
 
 
 @register_postprocess("ssdlite")
@@ -119,9 +119,14 @@ class CascadePostprocess:
         self.anchor_cfg = am["anchors"]
         self.rpn_cfg = am["rpn"]
 
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
+    def input_wh(self, w: int, h: int) -> tuple[int, int]:
         nh, nw = rcnn_ops.resized_hw(h, w, self.input_size)
+        return nw, nh
+
+    def preprocess(self, rgb: np.ndarray, orig_wh: tuple[int, int]) -> np.ndarray:
+        # the resized size follows the original image, also when `rgb` was decoded smaller, so that the
+        # post-processing maps boxes back with the same scale as for a full decode
+        nw, nh = self.input_wh(*orig_wh)
         return rcnn_ops.pad_with_mean(rcnn_ops.resize_bilinear(rgb, nh, nw), self.size_divisor, self.mean)
 
     def proposals(self, outputs: dict, resized_hw: tuple[int, int]) -> np.ndarray:

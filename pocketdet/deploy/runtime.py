@@ -71,13 +71,19 @@ class BaseDetector:
 
     def preprocess(self, image) -> tuple[np.ndarray, tuple[int, int]]:
         """Image -> ([1,3,S,S] float32 0..1, original (width, height)). Normalisation is in the graph.
+        A JPEG file decodes at a reduced DCT scale and a large image is integer-reduced first when the input
+        size allows (`npops.load_for_input`); boxes still come back in the original image's pixels.
         An arch may bring its own resize (Cascade R-CNN: aspect kept, padded: [1,3,H,W])."""
-        rgb = npops.load_rgb(image)
-        h, w = rgb.shape[:2]
+        rgb, wh = npops.load_for_input(image, self._input_wh)
         arch_preprocess = getattr(self._postprocess, "preprocess", None)
         if arch_preprocess is not None:
-            return arch_preprocess(rgb), (w, h)
-        return npops.resize_chw(rgb, self.input_size, exact=self.exact_resize), (w, h)
+            return arch_preprocess(rgb, wh), wh
+        return npops.resize_chw(rgb, self.input_size, exact=self.exact_resize), wh
+
+    def _input_wh(self, w: int, h: int) -> tuple[int, int]:
+        """The size an image of (w, h) pixels is resized to for the network (square unless the arch says)."""
+        arch_input_wh = getattr(self._postprocess, "input_wh", None)
+        return arch_input_wh(w, h) if arch_input_wh is not None else (self.input_size, self.input_size)
 
     def postprocess(self, outputs: dict[str, np.ndarray], image_wh: tuple[int, int]) -> dict:
         if getattr(self._postprocess, "two_part", False):
@@ -86,7 +92,14 @@ class BaseDetector:
 
     def predict(self, image, score_thresh: float | None = None) -> dict:
         """One image (path, PIL image or HxWx3 uint8 RGB array) -> numpy `boxes` [N,4] (xyxy, pixels of
-        the original image), `scores` [N], `labels` [N] (0-based) and `names` (class name per box)."""
+        the original image as stored: EXIF orientation is not applied, see `npops`), `scores` [N],
+        `labels` [N] (0-based) and `names` (class name per box).
+
+        Thread safety: `predict`, `preprocess`, `forward` and `postprocess` keep no per-call state on the
+        detector, and ONNX Runtime's `InferenceSession.run` may be called from several threads at once, so
+        one Detector can serve many threads (tests/test_runtime_threads.py: 4 threads give the sequential
+        results). Each call then uses `threads` intra-op threads of its own: size them together. The ncnn
+        backend (`NcnnDetector`) creates one extractor per call and is safe the same way."""
         x, wh = self.preprocess(image)
         out = self.postprocess(self.forward(x), wh)
         if score_thresh is not None:

@@ -78,19 +78,37 @@ class DetectionModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, images, score_thresh: float | None = None) -> list[dict[str, torch.Tensor]]:
-        """Eval-mode inference on tensors, PIL images, HxWx3 uint8 arrays or file paths."""
+        """Eval-mode inference on tensors, PIL images, HxWx3 uint8 arrays or file paths; boxes in pixels of
+        each original image as stored (EXIF orientation not applied). Files and large images are decoded
+        reduced as the deployed runtime does (`models/inputs.py`), boxes mapped back to the original size.
+
+        Thread safety: several threads may call `predict` on one model at once (no state is written; tests/
+        test_runtime_threads.py checks 4 threads against sequential results), as long as nobody trains or
+        moves it meanwhile. It switches to eval mode itself, so a model in train mode must be put in eval
+        mode before it is shared."""
         from .inputs import to_tensor_list  # local: keeps PIL out of model import time
 
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             dev = self.pixel_mean.device
-            outs = self(to_tensor_list(images, dev))
+            tensors, orig = to_tensor_list(images, dev, self.input_wh)
+            outs = self(tensors)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
+        for o, t, (w, h) in zip(outs, tensors, orig):
+            th, tw = t.shape[-2:]
+            if (tw, th) != (w, h):  # decoded smaller: boxes back to the original pixels
+                o["boxes"] = o["boxes"] * o["boxes"].new_tensor([w / tw, h / th, w / tw, h / th])
         if score_thresh is not None:
             outs = [{k: v[o["scores"] >= score_thresh] for k, v in o.items()} for o in outs]
         return outs
+
+    def input_wh(self, w: int, h: int) -> tuple[int, int]:
+        """The size an image of (w, h) pixels is resized to for the network (square here)."""
+        return self.input_size, self.input_size
 
     # -- to implement ---------------------------------------------------------------------------
     def forward_raw(self, x: torch.Tensor):

@@ -440,6 +440,10 @@ class CascadeRCNN(DetectionModel):
         s = self.test_scale(h, w)
         return max(1, round(h * s)), max(1, round(w * s))
 
+    def input_wh(self, w: int, h: int) -> tuple[int, int]:
+        nh, nw = self.resized_size(h, w)
+        return nw, nh
+
     def resize_images(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resize each image so its long side is input_size (bilinear without antialiasing, like Paddle's
         cv2 INTER_LINEAR), pad the batch to a multiple of 32. Returns (batch, original sizes)."""
