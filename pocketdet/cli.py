@@ -160,62 +160,79 @@ def val(
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="checkpoint (.pt), zoo name, or (with --runtime onnx) an .onnx file"),
-    sources: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
-    out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for PNGs with boxes + predictions.json"),
+    sources: list[str] = typer.Argument(..., help="image files, folders, glob patterns, .txt lists of images, "
+                                                   "video files, or camera indices (0, /dev/video0)"),
+    out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for the annotated images / videos and JSON"),
     conf: float = typer.Option(0.3, help="score threshold for drawing and JSON"),
     runtime: str = typer.Option("torch", help="torch | onnx"),
     threads: int = typer.Option(0, help="CPU threads (0: runtime default)"),
+    png: bool = typer.Option(False, "--png", help="annotated images as PNG (lossless, ~5x larger) instead of JPEG"),
+    stride: int = typer.Option(1, "--stride", min=1, help="videos/cameras: detect on every N-th frame"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1,
+                                             help="videos/cameras: stop after this many processed frames each"),
+    no_overlap: bool = typer.Option(False, "--no-overlap", help="decode, detect and write one after another "
+                                    "(default: decoding and writing overlap with detection on other threads)"),
 ):
-    """Detect objects in images; writes PNGs with boxes and class names, and a JSON file."""
+    """Detect objects in images and videos: annotated JPEGs (+ predictions.json) for images, an annotated .mp4
+    and a .jsonl (one line per frame) for each video or camera. Output names follow the sources' file names
+    (without suffix); a name that two sources share gets _1, _2, ... appended (JSON "output" says which)."""
     _setup_logging()
-    from PIL import Image
-
-    from .viz import collect_images, detections_to_json, draw_detections
+    from .predict_run import run_predict
+    from .sources import SourceError, collect_sources
 
     try:
-        paths = collect_images(sources)
-        predict_one, class_names = _predictor(model, runtime, threads)
-    except _user_errors() as e:
+        items = collect_sources(sources)
+        prepare, infer, class_names = _predictor(model, runtime, threads)
+        from tqdm import tqdm
+        bar = tqdm(desc="predict", unit="img")
+        counts = run_predict(items, prepare, infer, class_names, out, conf=conf, png=png, stride=stride,
+                             max_frames=max_frames, overlap=not no_overlap, progress=lambda _: bar.update())
+        bar.close()
+    except _user_errors() + (SourceError,) as e:
         _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    from tqdm import tqdm
-    for p in tqdm(paths, desc="predict"):
-        try:
-            with Image.open(p) as im:
-                img = im.convert("RGB")
-        except OSError as e:
-            logging.getLogger("pocketdet").warning("skipping unreadable image %s: %s", p, e)
-            continue
-        boxes, scores, labels = predict_one(img)
-        draw_detections(img, boxes, scores, labels, class_names, conf).save(out / f"{p.stem}.png")
-        results.append(detections_to_json(p, boxes, scores, labels, class_names, conf))
-    (out / "predictions.json").write_text(json.dumps(results, indent=1))
-    typer.echo(f"{len(results)} images -> {out}/ (PNGs + predictions.json)")
+    done = counts["images"] + counts["frames"]
+    summary = f"{counts['images']} images, {counts['frames']} video frames -> {out}/"
+    if counts["skipped"]:
+        summary += f" ({counts['skipped']} unreadable, skipped: see the warnings)"
+    if done == 0:
+        _fail(f"nothing could be read: {summary}")
+    typer.echo(summary)
 
 
 def _predictor(model: str, runtime: str, threads: int):
+    """-> (prepare(rgb), infer(prepared) -> (boxes, scores, labels), class names). `prepare` is the
+    decode-side work (reduce, resize) that `predict_run` overlaps with `infer` on another thread."""
     if runtime == "onnx":
         from .deploy.runtime import Detector
         det = Detector(model, threads=threads or None)
 
-        def run(img):
-            r = det.predict(img)
+        def infer_onnx(prepared):
+            x, wh = prepared
+            r = det.postprocess(det.forward(x), wh)
             return r["boxes"], r["scores"], r["labels"]
-        return run, det.class_names
+        return det.preprocess, infer_onnx, det.class_names
     if runtime != "torch":
         raise FileNotFoundError(f"unknown runtime {runtime!r} (torch | onnx)")
+    import numpy as np
     import torch
 
     from .api import model_from_name_or_checkpoint
+    from .models.inputs import to_tensor_list
     if threads:
         torch.set_num_threads(threads)
     m = model_from_name_or_checkpoint(model)
 
-    def run(img):
-        o = m.predict(img)[0]
-        return o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy()
-    return run, m.class_names
+    def prepare_torch(rgb):
+        tensors, sizes = to_tensor_list(rgb, min_wh=m.input_wh)  # reduced like Detector; orig size kept
+        return tensors[0], sizes[0]
+
+    def infer_torch(prepared):
+        t, (w, h) = prepared
+        o = m.predict(t)[0]
+        th, tw = t.shape[-2:]
+        boxes = o["boxes"].numpy() * np.array([w / tw, h / th, w / tw, h / th], np.float32)
+        return boxes, o["scores"].numpy(), o["labels"].numpy()
+    return prepare_torch, infer_torch, m.class_names
 
 
 @app.command()

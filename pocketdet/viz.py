@@ -1,32 +1,13 @@
-"""Draw detections on images and collect image paths from files, folders and globs (no torch needed)."""
+"""Draw detections on images and turn them into JSON records (no torch needed)."""
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)]
-
-
-def collect_images(sources: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns; a clear error when something matches nothing."""
-    out: list[Path] = []
-    for src in sources:
-        p = Path(src)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found = [p]
-        else:
-            found = sorted(Path(q) for q in glob.glob(src, recursive=True) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise FileNotFoundError(f"no images found for {src!r}")
-        out += found
-    return out
 
 
 def draw_detections(image: Image.Image, boxes, scores, labels, class_names: list[str],

@@ -70,8 +70,12 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise DataError(f"cannot decode image {rec.path}: {e}") from e
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         if tuple(img.shape[-2:]) != (rec.height, rec.width):
+            hint = ""
+            if tuple(img.shape[-2:]) == (rec.width, rec.height):
+                hint = (" (annotated in the EXIF-rotated view? pocketdet, like COCO, uses the pixels as stored: "
+                        "EXIF orientation is not applied)")
             raise DataError(f"{rec.path}: image is {img.shape[-1]}x{img.shape[-2]} but the annotations say "
-                            f"{rec.width}x{rec.height}")
+                            f"{rec.width}x{rec.height}{hint}")
         return img
 
     def __getitem__(self, i: int):

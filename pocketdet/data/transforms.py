@@ -41,13 +41,22 @@ class PaddleDistort(torch.nn.Module):
 
 
 class IoUCropIfBoxes(v2.RandomIoUCrop):
-    """SSD IoU-constrained crop; images without boxes pass through (torchvision's version needs boxes)."""
+    """SSD IoU-constrained crop; images without boxes pass through (torchvision's version needs boxes), and so
+    do images no crop fits: a side under 1/min_scale pixels (torchvision divides by a 0-pixel crop) or a shape
+    so elongated that no crop of the allowed scales has an allowed aspect (a 20000x100 panorama: torchvision
+    would retry forever)."""
 
     def forward(self, *inputs):
         target = inputs[-1] if isinstance(inputs[-1], dict) else None
-        if target is not None and len(target["boxes"]) == 0:
+        if not self._can_crop(*TF.get_size(inputs[0])) or (target is not None and len(target["boxes"]) == 0):
             return inputs if len(inputs) > 1 else inputs[0]
         return super().forward(*inputs)
+
+    def _can_crop(self, h: int, w: int) -> bool:
+        if min(h, w) * self.min_scale < 1:
+            return False
+        lowest, highest = self.min_scale * w / h, w / (self.min_scale * h)  # reachable crop aspects w/h
+        return lowest <= self.max_aspect_ratio and highest >= self.min_aspect_ratio
 
 
 def ssd_train_transforms(input_size: int = 320) -> v2.Compose:
