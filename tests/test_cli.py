@@ -33,7 +33,7 @@ def test_train_val_predict(tmp_path, tiny_coco):
     r = runner.invoke(app, ["predict", str(out / "best.pt"), str(img_dir), "--out", str(pred), "--conf", "0.0"])
     assert r.exit_code == 0, r.output
     res = json.loads((pred / "predictions.json").read_text())
-    assert len(res) == 4 and len(list(pred.glob("*.png"))) == 4
+    assert len(res) == 4 and len(list(pred.glob("*.jpg"))) == 4  # JPEG by default (--png on request)
     det = res[0]["detections"][0]
     assert set(det) == {"box_xyxy", "score", "label", "class_name"}
 
