@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mobile,bench]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mobile,bench,video]'
 	@touch $(STAMP)
 
 demo: install
