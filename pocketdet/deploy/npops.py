@@ -201,6 +201,8 @@ def decode_boxes(deltas: np.ndarray, ref: np.ndarray, variance) -> np.ndarray:
 def per_class_candidates(scores: np.ndarray, score_thresh: float, top_k: int):
     """Per class, the `top_k` highest scores among those above `score_thresh` (torch: `scores.topk(k, 0)`
     then `> thresh`). scores: [P, C]. Returns (prior index, class index, score), each [M].
+    The runtime now uses `class_wise_nms` (same detections, cheaper); this stays as the reference that
+    tests/test_candidates.py and benchmarks/predict_overhead.py compare it with.
 
     A trained model has few scores above the threshold, so usually no class needs a partial sort."""
     num_classes = scores.shape[1]
