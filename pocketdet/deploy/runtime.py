@@ -109,7 +109,8 @@ class BaseDetector:
         detector, and ONNX Runtime's `InferenceSession.run` may be called from several threads at once, so
         one Detector can serve many threads (tests/test_runtime_threads.py: 4 threads give the sequential
         results). Each call then uses `threads` intra-op threads of its own: size them together. The ncnn
-        backend (`NcnnDetector`) creates one extractor per call and is safe the same way."""
+        backend (`NcnnDetector`) creates one extractor per call, ncnn's documented way to share a net (not
+        tested with threads here)."""
         x, wh = self.preprocess(image)
         out = self.postprocess(self.forward(x), wh)
         if score_thresh is not None:
