@@ -220,11 +220,7 @@ def test_large_jpeg_decodes_reduced_and_maps_boxes_back(det, ssd, tmp_path):
     assert report.ok and report.matched == len(t["scores"]) == len(got["scores"]), report.problems
 
 
-FITTED = ROOT / "tests" / "fixtures" / "fitted"
-
-
-@pytest.mark.skipif(not (FITTED / "ssdlite_small_fit.pt").is_file(), reason="fitted fixture not present")
-def test_reduced_decode_ap_on_phone_sized_photos(tmp_path):
+def test_reduced_decode_ap_on_phone_sized_photos(tmp_path, fitted_ckpt):
     """The fitted model's 8 training photos upscaled 4x (~2560x1700 JPEGs): AP with the fast path (DCT-scaled
     decode + integer reduce) vs the full-resolution path (`reduced_decode = False`), boxes in the big images'
     pixels against the 4x ground truth. Measured: AP50 equal, AP 95.3 -> 93.1. This fixture memorised its 8
@@ -233,8 +229,8 @@ def test_reduced_decode_ap_on_phone_sized_photos(tmp_path):
     from pocketdet.api import load
     from pocketdet.engine.evaluate import coco_eval
 
-    gt = json.loads((FITTED / "instances.json").read_text())
-    model = load(FITTED / "ssdlite_small_fit.pt")
+    gt = json.loads((fitted_ckpt.parent / "instances.json").read_text())
+    model = load(fitted_ckpt)
     fast = Detector(export_onnx(model, tmp_path / "fit.onnx"), threads=1)
     full = Detector(tmp_path / "fit.onnx", threads=1)
     full.reduced_decode = False
@@ -255,8 +251,10 @@ def test_reduced_decode_ap_on_phone_sized_photos(tmp_path):
         big_gt["annotations"].append({**a, "bbox": [v * 4 for v in a["bbox"]], "area": a["area"] * 16})
     ap = {kind: coco_eval(big_gt, v) for kind, v in dets.items()}
     assert ap["full"]["AP50"] > 0.9, ap  # the model does detect: the comparison is not vacuous
-    assert ap["fast"]["AP50"] == ap["full"]["AP50"], ap
-    assert abs(ap["fast"]["AP"] - ap["full"]["AP"]) <= 0.03, ap
+    # measured here: AP50 equal, AP -0.0225. Bounds with room for other CPUs' float kernels (this model's AP
+    # swings by points between renderings): they catch a broken mapping (boxes off by a scale), not 0.1 AP
+    assert abs(ap["fast"]["AP50"] - ap["full"]["AP50"]) <= 0.02, ap
+    assert abs(ap["fast"]["AP"] - ap["full"]["AP"]) <= 0.05, ap
 
 
 def test_large_array_is_reduced_before_the_exact_resize(det):
