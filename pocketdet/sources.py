@@ -4,9 +4,9 @@ indices, each item with an output name that is unique across all sources.
     items = collect_sources(["photos/", "more/*.jpg", "list.txt", "clip.mp4", "0"])
     for frame in frames(items, stride=1, max_frames=None): ...   # Frame(rgb, source, out_name, index, ...)
 
-Output names keep the sources apart: an image's name is its path relative to the source folder it came from
-(`dupA/img.jpg` and `dupB/img.jpg` given as `dupA/ dupB/` -> `img` and `img_1`... see `unique_names`), so
-two sources never write to the same file. Videos and cameras come from PyAV (`pip install pocketdet[video]`,
+Output names keep the sources apart: an item's name is its file name without suffix (folders are read one level
+deep), and a name already taken gets `_1`, `_2`, ... (`unique_names`): `dupA/img.jpg` and `dupB/img.jpg` given
+as `dupA/ dupB/` -> `img` and `img_1`, so two sources never write to the same file. Videos and cameras come from PyAV (`pip install pocketdet[video]`,
 FFmpeg inside the wheel). No torch here: the CLI combines this with either runtime.
 """
 from __future__ import annotations
