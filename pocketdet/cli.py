@@ -191,7 +191,8 @@ def predict(
     except _user_errors() + (SourceError,) as e:
         _fail(str(e))
     done = counts["images"] + counts["frames"]
-    summary = f"{counts['images']} images, {counts['frames']} video frames -> {out}/"
+    summary = f"{counts['images']} images" + (f", {counts['frames']} video frames" if counts["frames"] else "")
+    summary += f" -> {out}/"
     if counts["skipped"]:
         summary += f" ({counts['skipped']} unreadable, skipped: see the warnings)"
     if done == 0:
