@@ -163,7 +163,7 @@ def predict(
     sources: list[str] = typer.Argument(..., help="image files, folders, glob patterns, .txt lists of images, "
                                                    "video files, or camera indices (0, /dev/video0)"),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for the annotated images / videos and JSON"),
-    conf: float = typer.Option(0.3, help="score threshold for drawing and JSON"),
+    conf: float = typer.Option(0.3, min=0.0, max=1.0, help="score threshold for drawing and JSON (0..1)"),
     runtime: str = typer.Option("torch", help="torch | onnx"),
     threads: int = typer.Option(0, help="CPU threads (0: runtime default)"),
     png: bool = typer.Option(False, "--png", help="annotated images as PNG (lossless, ~5x larger) instead of JPEG"),

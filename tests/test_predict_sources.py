@@ -163,3 +163,9 @@ def test_prefetch_hands_errors_to_the_consumer():
         for x in prefetch(gen(), depth=1):
             got.append(x)
     assert got == [1, 2]
+
+
+def test_conf_out_of_range_is_refused(tmp_path):
+    r = predict(PHOTOS[0], "--out", tmp_path, "--conf", "1.5")
+    assert r.exit_code == 2 and "1.5" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "predictions.json").exists()
