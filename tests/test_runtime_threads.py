@@ -68,3 +68,13 @@ def test_torch_predict_shared_by_threads(ssd):
         for k in ("boxes", "scores", "labels"):
             assert torch.equal(r[k], ref[k]), (i, k)
     assert not ssd.training
+
+
+def test_resize_tap_cache_under_threads():
+    """More image sizes than the tap cache keeps (it clears itself past 128), from 4 threads: every resize
+    equals its sequential result (a lookup after another thread's clear used to be possible)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (6 + i % 7, 40 + i, 3), dtype=np.uint8) for i in range(300)]
+    sequential = [npops.resize_chw(im, 16) for im in images]
+    parallel = run_threads(lambda im: npops.resize_chw(im, 16), images)
+    assert all(np.array_equal(a, b) for a, b in zip(parallel, sequential))

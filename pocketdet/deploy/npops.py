@@ -152,7 +152,8 @@ def _aa_taps(n_in: int, n_out: int, channels: int = 0, scale: float = 1.0) -> tu
     weights sum to 1 (times `scale`), taps that are 0 for every output are dropped. `channels` > 0: indices
     into interleaved rows (`channels*i + c`) and weights repeated per channel; else weights shaped [n_out, 1]."""
     key = (n_in, n_out, channels, scale)
-    if key not in _TAPS_CACHE:
+    cached = _TAPS_CACHE.get(key)  # one lookup: another thread may clear the cache meanwhile
+    if cached is None:
         f = n_in / n_out
         support = f if f >= 1.0 else 1.0
         inv = 1.0 / f if f >= 1.0 else 1.0
@@ -171,10 +172,11 @@ def _aa_taps(n_in: int, n_out: int, channels: int = 0, scale: float = 1.0) -> tu
         else:
             taps = [idx[:, k] for k in used]
             weights = [wts[:, k, None].astype(np.float32) for k in used]
+        cached = (taps, weights)
         if len(_TAPS_CACHE) > 128:  # photos of many sizes: keep the cache bounded
             _TAPS_CACHE.clear()
-        _TAPS_CACHE[key] = (taps, weights)
-    return _TAPS_CACHE[key]
+        _TAPS_CACHE[key] = cached
+    return cached
 
 
 # -- boxes and scores -----------------------------------------------------------------------------------
