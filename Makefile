@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pocketdet-installed
 
-.PHONY: install demo test bench clean paddle-env
+.PHONY: install demo test bench clean paddle-env ncnn-lib cpp-runner
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -39,3 +39,17 @@ $(PADDLE_VENV)/.paddle-installed:
 	# paddledet's own pins (numpy<1.24, ...) are stale: install it without them
 	$(PADDLE_VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps paddledet==2.6.0
 	@touch $@
+
+# Issue 20 / 15: ncnn's static library built from its source distribution on PyPI (the version of the ncnn
+# wheel), cached in .cache/ncnn-<version>/ (~25 min on 2 loaded cores the first time, then instant), and the C++
+# runner deploy/cpp built against it into .cache/cpp-runner/. Needs cmake >= 3.16 and a C++17 compiler
+# (Debian: apt-get install cmake g++). Not part of `make test`: tests/test_cpp_runner.py skips without it.
+CPP_BUILD ?= .cache/cpp-runner
+ncnn-lib: install
+	nice -n 15 deploy/cpp/build_ncnn.sh $(PY)
+
+cpp-runner: ncnn-lib
+	cmake -S deploy/cpp -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release \
+		-Dncnn_DIR=$$(ls -d $(CURDIR)/.cache/ncnn-*/install/lib*/cmake/ncnn | tail -1) >/dev/null
+	nice -n 15 cmake --build $(CPP_BUILD) -j2
+	@echo "C++ runner: $(CPP_BUILD)/pocketdet_detect"
