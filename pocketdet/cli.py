@@ -383,11 +383,29 @@ def quantize(
     iters: Optional[int] = typer.Option(None, help="QAT: override schedule.max_iters"),
     lr: Optional[float] = typer.Option(None, help="QAT: base LR (no batch scaling)"),
     batch_size: Optional[int] = typer.Option(None, help="QAT: images per step"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx: int8 checkpoint for ONNX Runtime | ncnn: MODEL is an "
+                            "fp32 ncnn export, -o the int8 .ncnn.param to write (PTQ; --not-quant: ncnn layer "
+                            "types kept fp32, e.g. ConvolutionDepthWise)"),
 ):
-    """int8 quantization (ONNX Runtime QDQ); `pocketdet export OUT --format onnx` then writes the int8 model."""
+    """int8 quantization (ONNX Runtime QDQ); `pocketdet export OUT --format onnx` then writes the int8 model.
+    `--format ncnn`: calibrate an ncnn export on real photos and write its int8 form."""
     _setup_logging()
-    from .compress.quant import QuantError, quantize_checkpoint
+    from .compress.quant import QuantError, calibration_images, quantize_checkpoint
 
+    if fmt == "ncnn":
+        from .deploy.ncnn_int8 import quantize_ncnn
+
+        if method != "ptq":
+            _fail("--format ncnn supports --method ptq only (calibration of an exported model)")
+        try:
+            images = calibration_images(data, calib_images)
+            summary = quantize_ncnn(model, images, out, skip_types=tuple(not_quant))
+        except _user_errors() + (QuantError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    if fmt != "onnx":
+        _fail(f"--format must be onnx or ncnn, got {fmt!r}")
     try:
         summary = quantize_checkpoint(model, method, data, out, not_quant, calib_images, iters, lr, batch_size)
     except _user_errors() + (QuantError,) as e:
