@@ -135,3 +135,21 @@ def test_int8_skip_types_and_errors(ssd_ncnn, tmp_path):
     from pocketdet.deploy.runtime import ModelFileError
     with pytest.raises(ModelFileError, match="already int8"):
         quantize_ncnn(summary["param"], CALIB[:1], tmp_path / "u.ncnn.param")
+
+
+def test_cli_quantize_format_ncnn(ssd_ncnn, tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketdet.cli import app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / CALIB[0].name).write_bytes(CALIB[0].read_bytes())
+    out = tmp_path / "q.ncnn.param"
+    res = CliRunner().invoke(app, ["quantize", str(ssd_ncnn), "--format", "ncnn", "--data", str(photos), "-o", str(out),
+                                   "--not-quant", "InnerProduct"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["fp32_layer_types"] == ["InnerProduct"] and out.is_file()
+    res = CliRunner().invoke(app, ["quantize", str(ssd_ncnn), "--format", "ncnn", "--data", str(photos), "-o",
+                                   str(tmp_path / "r.ncnn.param"), "--not-quant", "Softmax"])
+    assert res.exit_code != 0 and "Softmax" in res.output and "Traceback" not in res.output

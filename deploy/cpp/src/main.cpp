@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
             const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
             if (rgb == nullptr) throw std::runtime_error(path + ": cannot read image (" + stbi_failure_reason() + ")");
             std::vector<pocketdet::Detection> found;
-            std::vector<double> times;
+            std::vector<double> times, pre, net, post;
             try {
                 found = det.detect(rgb, w, h);
                 for (int r = 0; r < warmup && runs > 0; ++r) det.detect(rgb, w, h);
@@ -108,6 +108,9 @@ int main(int argc, char** argv) {
                     const auto t = std::chrono::steady_clock::now();
                     det.detect(rgb, w, h);
                     times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+                    pre.push_back(det.last_times().preprocess_ms);
+                    net.push_back(det.last_times().network_ms);
+                    post.push_back(det.last_times().postprocess_ms);
                 }
                 if (!dump_input.empty()) write_input(dump_input, rgb, w, h, det.input_size());
             } catch (...) {
@@ -130,7 +133,10 @@ int main(int argc, char** argv) {
             }
             std::printf("], \"ms\": {\"decode\": %.3f, \"preprocess\": %.3f, \"network\": %.3f, \"postprocess\": %.3f",
                         decode_ms, st.preprocess_ms, st.network_ms, st.postprocess_ms);
-            if (!times.empty()) std::printf(", \"detect_median\": %.3f, \"runs\": %zu", median(times), times.size());
+            if (!times.empty())
+                std::printf(", \"detect_median\": %.3f, \"preprocess_median\": %.3f, \"network_median\": %.3f, "
+                            "\"postprocess_median\": %.3f, \"runs\": %zu",
+                            median(times), median(pre), median(net), median(post), times.size());
             std::printf("}}\n");
             std::fflush(stdout);
         }
