@@ -75,12 +75,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--archs", nargs="*", default=ARCHS)
     ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--calib", type=int, default=32, help="calibration photos (coco128 train, not the fitted ones)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="ncnn-int8-"))
     fit_yaml = args.fitted.with_name("fit.yaml")
     fit_photos = {p["file_name"] if isinstance(p, dict) else p for p in json.loads(args.fitted.with_name("fit.json").read_text())["photos"]}
-    calib = [p for p in TRAIN if p.name not in fit_photos][:32]
+    calib = [p for p in TRAIN if p.name not in fit_photos][:args.calib]
 
     lines = []
     model = load(args.fitted).eval()
@@ -94,6 +95,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - reported, not fatal for the ncnn numbers
         print(f"torch AP skipped: {e}")
     lines += ["### AP on the fitted SSDLite-MNV3-Small (its 8 coco128 training photos)", "",
+              f"int8 calibration: `max` on {len(calib)} other coco128 photos.", "",
               "| model | AP | AP50 | AP drop vs fp32 ncnn |", "|---|---|---|---|"]
     if torch_ap:
         lines.append(f"| torch fp32 | {torch_ap['AP']:.4f} | {torch_ap['AP50']:.4f} | |")
@@ -108,7 +110,9 @@ def main() -> None:
         p = variants(export_ncnn(m, tmp / name, name=name), calib[:8], tmp)
         t = latency(p, args.runs, TRAIN[0])
         f = t["fp32"]["median_ms"]
-        sizes = {k: sum(q.stat().st_size for q in v.parent.glob(v.name.replace(".ncnn.param", "") + ".*bin")) for k, v in p.items()}
+        sizes = {k: sum(f.stat().st_size for f in (v.with_name(v.name.replace(".ncnn.param", ".ncnn.bin")),
+                                                    v.with_name(v.name.replace(".ncnn.param", ".heads.ncnn.bin")))
+                        if f.is_file()) for k, v in p.items()}
         rows.append(f"| {name} | {f:.1f} | {t['int8']['median_ms']:.1f} ({t['int8']['median_ms'] / f:.2f}x) | "
                     f"{t['int8 (dw fp32)']['median_ms']:.1f} ({t['int8 (dw fp32)']['median_ms'] / f:.2f}x) | "
                     f"{sizes['fp32'] / 1e6:.1f} / {sizes['int8'] / 1e6:.1f} |")

@@ -65,8 +65,22 @@ def _export(name, tmp_path_factory):
         torch.set_num_threads(prev)
 
 
-@pytest.fixture(scope="module", params=["ssdlite_mnv3_small_320", "yolov3_mnv3_large_320_prune_fpgm"])
+FITTED = ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt"
+
+
+@pytest.fixture(scope="module", params=["ssdlite_mnv3_small_320", "fitted_ssdlite", "yolov3_mnv3_large_320_prune_fpgm",
+                                        pytest.param("yolov3_mnv3_large_320", marks=pytest.mark.slow)])
 def exported(request, tmp_path_factory):
+    """Trained-like weights (hundreds of detections per photo, crowded classes for YOLOv3) and the fitted
+    SSDLite fixture (a few confident detections, as a trained model gives)."""
+    if request.param == "fitted_ssdlite":
+        if not FITTED.is_file():
+            pytest.skip("fitted SSDLite fixture not present")
+        pytest.importorskip("pnnx", reason="pnnx not installed (pip install 'pocketdet[mobile]')")
+        from pocketdet.api import load
+        from pocketdet.deploy.mobile import export_ncnn
+
+        return export_ncnn(load(FITTED).eval(), tmp_path_factory.mktemp("ncnn") / "fitted", name="fitted")
     return _export(request.param, tmp_path_factory)
 
 
