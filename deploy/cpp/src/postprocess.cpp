@@ -1,7 +1,6 @@
 // pocketdet.deploy.postprocess.class_wise_nms and npops.batched_nms in C++: candidates above the score
 // threshold (per class at most nms_top_k, the best), sorted by score (ties: row-major (prior, class)
-// order, as numpy's stable sort over np.flatnonzero), greedy NMS within each class with torchvision's
-// float32 IoU, at most keep_top_k kept.
+// order), greedy NMS within each class with torchvision's float32 IoU, at most keep_top_k kept.
 #include <algorithm>
 #include <numeric>
 #include <vector>
@@ -27,52 +26,19 @@ float iou(const float* a, float area_a, const float* b, float area_b) {
     return inter / (area_a + area_b - inter);
 }
 
-}  // namespace
-
-std::vector<Detection> class_wise_nms(const float* boxes, const float* scores, int num_priors, int num_classes,
-                                      const PostprocessConfig& cfg, float scale_x, float scale_y) {
-    std::vector<Candidate> cand;
-    std::vector<int> per_class(num_classes, 0);
-    for (int p = 0; p < num_priors; ++p) {
-        const float* row = scores + static_cast<size_t>(p) * num_classes;
-        for (int c = 0; c < num_classes; ++c) {
-            if (row[c] > cfg.score_thresh) {
-                cand.push_back({p, c, row[c]});
-                ++per_class[c];
-            }
-        }
-    }
-    // a class with more than nms_top_k candidates keeps its nms_top_k best (npops.per_class_candidates)
-    for (int c = 0; c < num_classes; ++c) {
-        if (per_class[c] <= cfg.nms_top_k) continue;
-        std::vector<float> s;
-        for (const Candidate& k : cand)
-            if (k.label == c) s.push_back(k.score);
-        std::nth_element(s.begin(), s.begin() + (cfg.nms_top_k - 1), s.end(), std::greater<float>());
-        const float kth = s[cfg.nms_top_k - 1];
-        int above = 0;  // scores strictly above the k-th best all stay; ties at it fill the rest in order
-        for (float v : s) above += v > kth;
-        int ties_left = cfg.nms_top_k - above;
-        std::vector<Candidate> kept;
-        kept.reserve(cand.size());
-        for (const Candidate& k : cand) {
-            if (k.label != c || k.score > kth || (k.score == kth && ties_left-- > 0)) kept.push_back(k);
-        }
-        cand.swap(kept);
-    }
-    std::stable_sort(cand.begin(), cand.end(), [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
-
-    std::vector<float> areas(cand.size());
+std::vector<Detection> greedy_nms(const std::vector<Candidate>& cand, size_t m, const float* boxes, int num_classes,
+                                  const PostprocessConfig& cfg, float scale_x, float scale_y) {
+    std::vector<float> areas(m);
     std::vector<std::vector<int>> by_label(num_classes);  // candidate positions per class, best first
-    std::vector<int> rank_in_label(cand.size());
-    for (size_t i = 0; i < cand.size(); ++i) {
+    std::vector<int> rank_in_label(m);
+    for (size_t i = 0; i < m; ++i) {
         areas[i] = area(boxes + static_cast<size_t>(cand[i].prior) * 4);
         rank_in_label[i] = static_cast<int>(by_label[cand[i].label].size());
         by_label[cand[i].label].push_back(static_cast<int>(i));
     }
-    std::vector<char> suppressed(cand.size(), 0);
+    std::vector<char> suppressed(m, 0);
     std::vector<Detection> out;
-    for (size_t i = 0; i < cand.size() && static_cast<int>(out.size()) < cfg.keep_top_k; ++i) {
+    for (size_t i = 0; i < m && static_cast<int>(out.size()) < cfg.keep_top_k; ++i) {
         if (suppressed[i]) continue;
         const float* b = boxes + static_cast<size_t>(cand[i].prior) * 4;
         out.push_back({b[0] * scale_x, b[1] * scale_y, b[2] * scale_x, b[3] * scale_y, cand[i].score, cand[i].label});
@@ -83,6 +49,44 @@ std::vector<Detection> class_wise_nms(const float* boxes, const float* scores, i
             const float* o = boxes + static_cast<size_t>(cand[j].prior) * 4;
             if (iou(b, areas[i], o, areas[j]) > cfg.nms_thresh) suppressed[j] = 1;
         }
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<Detection> class_wise_nms(const float* boxes, const float* scores, int num_priors, int num_classes,
+                                      const PostprocessConfig& cfg, float scale_x, float scale_y) {
+    // per class, in prior order; a class with more than nms_top_k candidates keeps its nms_top_k best
+    // (npops.per_class_candidates; ties at the k-th score: the lower prior index)
+    std::vector<std::vector<Candidate>> per_class(num_classes);
+    for (int p = 0; p < num_priors; ++p) {
+        const float* row = scores + static_cast<size_t>(p) * num_classes;
+        for (int c = 0; c < num_classes; ++c)
+            if (row[c] > cfg.score_thresh) per_class[c].push_back({p, c, row[c]});
+    }
+    const auto better = [](const Candidate& a, const Candidate& b) {
+        return a.score > b.score || (a.score == b.score && (a.prior < b.prior || (a.prior == b.prior && a.label < b.label)));
+    };
+    std::vector<Candidate> cand;
+    for (std::vector<Candidate>& k : per_class) {
+        if (static_cast<int>(k.size()) > cfg.nms_top_k && cfg.nms_top_k >= 0) {
+            std::nth_element(k.begin(), k.begin() + cfg.nms_top_k, k.end(), better);
+            k.resize(static_cast<size_t>(cfg.nms_top_k));
+        }
+        cand.insert(cand.end(), k.begin(), k.end());
+    }
+    // Greedy NMS decides a candidate from the better ones only, so the kept boxes among the best m are final:
+    // sort and solve a prefix of 2 * keep_top_k, doubled until it yields keep_top_k boxes (npops.batched_nms;
+    // a crowded, undertrained YOLOv3 has ~80k candidates of which ~200 are ever looked at).
+    const size_t n = cand.size();
+    size_t m = std::min(n, static_cast<size_t>(std::max(2 * cfg.keep_top_k, 64)));
+    std::vector<Detection> out;
+    while (true) {
+        std::partial_sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(m), cand.end(), better);
+        out = greedy_nms(cand, m, boxes, num_classes, cfg, scale_x, scale_y);
+        if (static_cast<int>(out.size()) >= cfg.keep_top_k || m == n) break;
+        m = std::min(n, 2 * m);
     }
     return out;
 }
