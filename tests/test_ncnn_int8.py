@@ -153,3 +153,40 @@ def test_cli_quantize_format_ncnn(ssd_ncnn, tmp_path):
     res = CliRunner().invoke(app, ["quantize", str(ssd_ncnn), "--format", "ncnn", "--data", str(photos), "-o",
                                    str(tmp_path / "r.ncnn.param"), "--not-quant", "Softmax"])
     assert res.exit_code != 0 and "Softmax" in res.output and "Traceback" not in res.output
+
+
+def test_gemm_constants_are_walked_and_kept_fp32(tmp_path):
+    """Cascade R-CNN's stage heads are ncnn Gemm layers with constant B and C (dynamic RoI count): the converter
+    must step over their weights exactly and keep them fp32, while quantizing the InnerProduct before them."""
+    ncnn = pytest.importorskip("ncnn", reason="ncnn not installed (pip install 'pocketdet[mobile]')")
+    from pocketdet.deploy.ncnn_int8 import read_weights, write_int8
+
+    rng = np.random.default_rng(0)
+    w_ip, b_ip = rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    w_gemm, c_gemm = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    param = tmp_path / "g.ncnn.param"
+    param.write_text("7767517\n3 3\nInput in0 0 1 in0\nInnerProduct ip 1 1 in0 x 0=4 1=1 2=24\n"
+                     "Gemm gemm_0 1 1 x out0 10=4 2=0 3=1 4=0 5=1 6=1 7=0 8=3 9=4\n")
+    zero = (0).to_bytes(4, "little")
+    (tmp_path / "g.ncnn.bin").write_bytes(zero + w_ip.tobytes() + b_ip.tobytes() + zero + w_gemm.tobytes()
+                                          + zero + c_gemm.tobytes())
+    header, layers = read_param(param)
+    read_weights(tmp_path / "g.ncnn.bin", layers)
+    assert [len(ly.chunks) for ly in layers] == [0, 2, 2]
+    out = tmp_path / "q.ncnn.param"
+    assert write_int8(out, tmp_path / "q.ncnn.bin", header, layers, {"in0": 127 / 3.0}, ()) == 1
+
+    x = rng.uniform(-3, 3, size=(5, 6)).astype(np.float32)  # 5 "RoIs"
+
+    def run(p):
+        net = ncnn.Net()
+        net.opt.use_fp16_storage = net.opt.use_fp16_arithmetic = net.opt.use_fp16_packed = False
+        net.opt.use_bf16_storage = False
+        assert net.load_param(str(p)) == 0 and net.load_model(str(p).replace(".param", ".bin")) == 0
+        ex = net.create_extractor()
+        ex.input("in0", ncnn.Mat(x))
+        return np.array(ex.extract("out0")[1])
+
+    ref = (x @ w_ip.T + b_ip) @ w_gemm.T + c_gemm
+    assert np.allclose(run(param), ref, atol=1e-4)
+    assert np.abs(run(out) - ref).max() < 0.05 * np.abs(ref).max()  # int8 InnerProduct, fp32 Gemm

@@ -36,7 +36,7 @@ UNSUPPORTED_WEIGHTED = {"BatchNorm", "Bias", "Scale", "PReLU", "Deconvolution", 
                         "Convolution1D", "Convolution3D", "ConvolutionDepthWise1D", "ConvolutionDepthWise3D",
                         "Deconvolution1D", "Deconvolution3D", "DeconvolutionDepthWise1D", "DeconvolutionDepthWise3D",
                         "DeformableConv2D", "Embed", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "RNN",
-                        "LSTM", "GRU", "MultiHeadAttention", "Gemm", "Normalize", "Quantize", "Dequantize",
+                        "LSTM", "GRU", "MultiHeadAttention", "Normalize", "Quantize", "Dequantize",
                         "Requantize"}
 INT8_TAG = 0x000D4B38
 FP32_TAG = 0
@@ -99,6 +99,18 @@ def read_weights(bin_path: Path, layers: list[Layer]) -> None:
             if ly.pint(bias_id):
                 b, pos = _take(data, pos, 4 * ly.pint(0), bin_path, ly)
                 ly.chunks.append(("raw", b))
+        elif ly.type == "Gemm":  # constant operands (Cascade's stage heads, dynamic RoI count): kept fp32
+            if ly.pint(18):  # quantize_term: int8 or block-quantized weights
+                raise ModelFileError(f"{bin_path}: Gemm {ly.name} is quantized already")
+            m, n, k = ly.pint(7), ly.pint(8), ly.pint(9)
+            c_size = {0: 1, 1: m, 2: m, 3: n * m, 4: n}.get(ly.pint(10), 0) if ly.pint(6) else 0
+            for size in (m * k if ly.pint(4) else 0, n * k if ly.pint(5) else 0, c_size):
+                if size:
+                    flag, pos = _take(data, pos, 4, bin_path, ly)
+                    if int.from_bytes(flag, "little") != FP32_TAG:
+                        raise ModelFileError(f"{bin_path}: Gemm {ly.name} has non-fp32 constants")
+                    b, pos = _take(data, pos, 4 * size, bin_path, ly)
+                    ly.chunks.append(("flagged", b))
         elif ly.type == "MemoryData":
             dims = [ly.pint(k) for k in (0, 1, 11, 2)]  # w, h, d, c
             n = int(np.prod([d for d in dims if d])) if any(dims) else 0
