@@ -69,7 +69,7 @@ FITTED = ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt"
 
 
 @pytest.fixture(scope="module", params=["ssdlite_mnv3_small_320", "fitted_ssdlite", "yolov3_mnv3_large_320_prune_fpgm",
-                                        pytest.param("yolov3_mnv3_large_320", marks=pytest.mark.slow)])
+                                        "yolov3_mnv3_large_320"])
 def exported(request, tmp_path_factory):
     """Trained-like weights (hundreds of detections per photo, crowded classes for YOLOv3) and the fitted
     SSDLite fixture (a few confident detections, as a trained model gives)."""

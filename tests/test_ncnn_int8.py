@@ -75,13 +75,9 @@ def test_int8_export_loads_and_tracks_fp32(ssd_ncnn, tmp_path):
         assert len(int8.predict(photo)["scores"]) > 0
 
 
-FITTED = ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt"
-
-
-@pytest.mark.skipif(not FITTED.is_file(), reason="fitted SSDLite fixture not present")
-def test_int8_ap_on_fitted_model(tmp_path):
-    """The fitted SSDLite on its 8 photos: measured AP 0.971 fp32 -> 0.84 int8 (max calibration, 16 photos),
-    AP50 unchanged (BENCHMARKS.md `ncnn-int8`). Asserted with margin for the calibration set used here."""
+def test_int8_ap_on_fitted_model(fitted_ckpt, fitted_yaml, fitted_photos, tmp_path):
+    """The fitted SSDLite (conftest) on its 8 photos: measured AP 0.971 fp32 -> 0.87 int8 (max calibration, 32
+    photos), AP50 unchanged (BENCHMARKS.md `ncnn-int8`). Asserted with margin for the 8 photos used here."""
     pytest.importorskip("ncnn", reason="ncnn not installed (pip install 'pocketdet[mobile]')")
     pytest.importorskip("pnnx", reason="pnnx not installed (pip install 'pocketdet[mobile]')")
     from pocketdet.api import load
@@ -100,12 +96,12 @@ def test_int8_ap_on_fitted_model(tmp_path):
         return coco_eval(ds.coco_gt(), res)
 
     torch.set_num_threads(1)
-    model = load(FITTED).eval()
-    fit = set(json.loads(FITTED.with_name("fit.json").read_text())["photos"])
-    calib = [p for p in CALIB + sorted(CALIB[0].parent.glob("*.jpg"))[8:40] if p.name not in fit][:8]
+    model = load(fitted_ckpt).eval()
+    fit = {p.name for p in fitted_photos}
+    calib = [p for p in sorted(CALIB[0].parent.glob("*.jpg")) if p.name not in fit][:8]
     fp32 = export_ncnn(model, tmp_path / "fit", name="fit")
     int8 = quantize_ncnn(fp32, calib, tmp_path / "fit.int8.ncnn.param")["param"]
-    ds = build_dataset(load_dataset_yaml(FITTED.with_name("fit.yaml")), "val", model.class_names)
+    ds = build_dataset(load_dataset_yaml(fitted_yaml), "val", model.class_names)
     ap32, ap8 = ap_of(NcnnDetector(fp32, threads=1), ds), ap_of(NcnnDetector(int8, threads=1), ds)
     assert ap32["AP50"] > 0.9
     assert ap8["AP50"] >= ap32["AP50"] - 0.05 and ap8["AP"] >= ap32["AP"] - 0.25

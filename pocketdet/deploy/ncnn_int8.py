@@ -7,8 +7,9 @@ files' documented formats, checked against the ncnn release the wheel runs (src/
 
 1. calibration (ncnn2table): run the fp32 net with the `ncnn` wheel on N photos, through the same
    pre-processing as `NcnnDetector` (Cascade R-CNN: also its stage-head net on the RoI features of those
-   photos), and set each quantized layer's input scale to 127 / T, T the KL-divergence threshold of the
-   histogram of |input| (2048 bins -> 128 levels, the TensorRT/ncnn method).
+   photos), and set each quantized layer's input scale to 127 / T: T = max |input| (`method="max"`, the
+   default: it kept more AP than KL on the fitted SSDLite, docs/deploy.md) or the KL-divergence threshold of
+   the histogram of nonzero |input| (`method="kl"`, 2048 bins -> 128 levels, ncnn2table's method).
 2. conversion (ncnn2int8): Convolution, ConvolutionDepthWise and InnerProduct weights become int8 with a
    scale per output channel (per group for depthwise), 127 / max|w|; the bin gets the int8 weights (tag
    0x000D4B38), the fp32 bias, the weight scales and the input scale; the param line gets `8=` (int8_scale_term:
@@ -16,6 +17,7 @@ files' documented formats, checked against the ncnn release the wheel runs (src/
    decoding included, runs as before.
 
 `skip_types` keeps layer types in fp32 (e.g. ConvolutionDepthWise when its int8 kernel is slower on a CPU).
+Gemm layers (Cascade R-CNN's stage heads) are stepped over and stay fp32.
 """
 from __future__ import annotations
 
