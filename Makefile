@@ -45,8 +45,8 @@ $(PADDLE_VENV)/.paddle-installed:
 # runner deploy/cpp built against it into .cache/cpp-runner/. Needs cmake >= 3.16 and a C++17 compiler
 # (Debian: apt-get install cmake g++). Not part of `make test`: tests/test_cpp_runner.py skips without it.
 CPP_BUILD ?= .cache/cpp-runner
-ncnn-lib: install
-	nice -n 15 deploy/cpp/build_ncnn.sh $(PY)
+ncnn-lib:  # pip of $(PYTHON) only downloads the sdist: no venv needed
+	nice -n 15 deploy/cpp/build_ncnn.sh $(PYTHON)
 
 cpp-runner: ncnn-lib
 	cmake -S deploy/cpp -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release \
