@@ -41,7 +41,7 @@ $(PADDLE_VENV)/.paddle-installed:
 	@touch $@
 
 # Issue 20 / 15: ncnn's static library built from its source distribution on PyPI (the version of the ncnn
-# wheel), cached in .cache/ncnn-<version>/ (~25 min on 2 loaded cores the first time, then instant), and the C++
+# wheel), cached in .cache/ncnn-<version>/ (20 min on 2 loaded cores the first time, then instant), and the C++
 # runner deploy/cpp built against it into .cache/cpp-runner/. Needs cmake >= 3.16 and a C++17 compiler
 # (Debian: apt-get install cmake g++). Not part of `make test`: tests/test_cpp_runner.py skips without it.
 CPP_BUILD ?= .cache/cpp-runner
