@@ -1,5 +1,8 @@
 """Overfit check: SSDLite learns a handful of real photos to AP50 >= 0.8 — proof that priors, matching, box
-coder, loss and post-processing fit together (a bug in any of them caps AP50 far below)."""
+coder, loss and post-processing fit together (a bug in any of them caps AP50 far below).
+
+Trained to the target with a step cap, evaluated every 25 steps: how many steps a given CPU needs differs
+(AVX2 vs AVX-512 float kernels change the trajectory), whether the model gets there must not."""
 import time
 
 import torch
@@ -10,6 +13,9 @@ from pocketdet.data.loader import SeededTransformDataset, collate_detection
 from pocketdet.data.transforms import plain_train_transforms
 from pocketdet.engine.evaluate import evaluate
 from pocketdet.models import build_model
+
+
+MAX_STEPS = 300  # runs made here reach the target by 75-100 steps; the cap only bounds a broken model's time
 
 
 def few_real_photos(data_dir, n=4) -> CocoDetection:
@@ -28,12 +34,16 @@ def test_ssdlite_overfits_four_photos(data_dir):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     t0 = time.perf_counter()
-    for _ in range(100):
+    for step in range(1, MAX_STEPS + 1):
+        model.train()
         loss = sum(model(images, targets).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    stats = evaluate(model, ds, batch_size=4, progress=False)  # eval mode: BN running statistics
+        if step % 25 == 0:
+            stats = evaluate(model, ds, batch_size=4, progress=False)  # eval mode: BN running statistics
+            if stats["AP50"] >= 0.8:
+                break
     print(f"overfit: loss {loss.item():.4f} AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f} "
-          f"in {time.perf_counter() - t0:.0f} s")
+          f"after {step} steps in {time.perf_counter() - t0:.0f} s")
     assert stats["AP50"] >= 0.8

@@ -33,38 +33,6 @@ def _photos(n):
     return sorted(PHOTOS.glob("*.jpg"))[:n]
 
 
-def _overfit_model(steps: int = 30):
-    """SSDLite-Small overfitted on two real photos with their COCO boxes (~0.6 s a step on one core): it
-    makes confident detections there (top scores > 0.9), which quantization must keep."""
-    import json
-
-    from PIL import Image
-
-    root = ROOT / "data" / "coco128"
-    ann = json.loads((root / "annotations" / "instances_train2017.json").read_text())
-    cat_index = {c["id"]: i for i, c in enumerate(sorted(ann["categories"], key=lambda c: c["id"]))}
-    images, targets = [], []
-    for im in ann["images"][:2]:
-        img = Image.open(PHOTOS / im["file_name"]).convert("RGB")
-        sx, sy = 320 / img.width, 320 / img.height
-        images.append(torch.from_numpy(np.array(img.resize((320, 320)))).permute(2, 0, 1) / 255.0)
-        objs = [a for a in ann["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd")]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                              for a in objs]) * torch.tensor([sx, sy, sx, sy])
-        targets.append({"boxes": boxes, "labels": torch.tensor([cat_index[a["category_id"]] for a in objs])})
-    torch.manual_seed(0)
-    m = pocketdet.build("ssdlite_mnv3_small_320").train()
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(steps):
-        loss = sum(m(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    m.eval()
-    paths = [PHOTOS / im["file_name"] for im in ann["images"][:2]]
-    return m, paths
-
-
 def _conv_weight_quantized(model_proto) -> dict[str, bool]:
     """Conv node's module name -> whether its weight comes through a DequantizeLinear."""
     producer = {o: n for n in model_proto.graph.node for o in n.output}
@@ -129,17 +97,21 @@ def test_qat_not_quant_training_and_onnx_scales(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def overfit():
-    return _overfit_model()
+def overfit(fitted_ckpt, fitted_photos):
+    """SSDLite-Small fitted to real photos (the committed fixture, not trained here: how far N steps get differs
+    between CPUs). It makes confident detections on its photos (top scores > 0.9), which quantization must keep."""
+    return pocketdet.load(fitted_ckpt), fitted_photos[:3]  # the photos the tests look at
 
 
 @pytest.fixture(scope="module")
-def exported(overfit, tmp_path_factory):
+def exported(overfit, fitted_photos, tmp_path_factory):
     from pocketdet.deploy.export import export_onnx
 
     d = tmp_path_factory.mktemp("quant")
     fp32 = export_onnx(overfit[0], d / "fp32.onnx")
-    calib = _photos(5)[2:]  # not the two photos the model was fitted on
+    # calibrated on other photos of the domain the model works on (its remaining fitted photos): calibrating on
+    # photos it detects nothing in gives activation ranges unlike the test photos' (top score 0.99 -> 0.71 here)
+    calib = fitted_photos[3:]
     recipe = Q.quantize_onnx(fp32, d / "recipe.onnx", calib, RECIPE)
     full = Q.quantize_onnx(fp32, d / "full.onnx", calib)
     return fp32, recipe, full
@@ -169,11 +141,12 @@ def test_ptq_keeps_confident_detections(overfit, exported):
     ref_det, q_det = Detector(fp32, threads=1), Detector(recipe, threads=1)
     for p in overfit[1]:
         ref, got = ref_det.predict(p), q_det.predict(p)
-        assert ref["scores"][0] > 0.9  # the float model is confident here
-        k = 3  # the float model's top 3: at least 2 found again (same class, IoU > 0.8) among int8's top 20
-        iou = box_iou(torch.from_numpy(ref["boxes"][:k]), torch.from_numpy(got["boxes"][:20])).numpy()
-        same_label = ref["labels"][:k, None] == got["labels"][None, :20]
-        assert ((iou * same_label).max(1) > 0.8).sum() >= 2, (iou * same_label).max(1)
+        sure = ref["scores"] > 0.5
+        assert sure.any() and ref["scores"][0] > 0.9  # the float model is confident here
+        # every confident float detection is found again (same class, IoU > 0.8) among int8's top 20
+        iou = box_iou(torch.from_numpy(ref["boxes"][sure]), torch.from_numpy(got["boxes"][:20])).numpy()
+        same_label = ref["labels"][sure, None] == got["labels"][None, :20]
+        assert ((iou * same_label).max(1) > 0.8).all(), (p.name, (iou * same_label).max(1))
         assert abs(got["scores"][0] - ref["scores"][0]) < 0.1
         # raw outputs where the float model is confident (score > 0.5): decoded boxes (normalised to the
         # image) move by < 2% of its side on average
