@@ -30,7 +30,9 @@ def _user_errors():
     from .data.errors import DataError
     from .deploy.runtime import ModelFileError
     from .engine.checkpoint import CheckpointError
-    return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError)
+    from .engine.device import DeviceError
+    from .engine.trainer import TrainingError
+    return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError, DeviceError, TrainingError)
 
 
 @app.command()
@@ -42,22 +44,26 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="images per process"),
     lr: Optional[float] = typer.Option(None, help="base LR for the reference batch"),
     workers: Optional[int] = typer.Option(None, help="data loader workers per process"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
     resume: Optional[str] = typer.Option(None, help="checkpoint to resume from, or 'auto' for <out>/last.pt"),
     pretrained: Optional[str] = typer.Option(None, help="backbone weights: path or URL (Paddle/torchvision/pocketdet)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip periodic evaluation"),
     set_: list[str] = typer.Option([], "--set", help="config override key=value, e.g. train.ema_decay=0.9998"),
 ):
-    """Train a zoo model on a COCO-format or YOLO-txt dataset."""
+    """Train a zoo model on a COCO-format or YOLO-txt dataset.
+
+    SIGTERM or Ctrl-C stops at the end of the current iteration: last.pt is written, the result is printed, and
+    the exit code is 143 (SIGTERM) or 130 (SIGINT); `--resume auto` then continues exactly where it stopped."""
     _setup_logging()
     from .config import apply_overrides, load_config
+    from .convert.common import WeightConversionError
     from .data import build_dataset, load_dataset_yaml
+    from .engine.device import resolve_device
     from .engine.trainer import TrainOptions
     from .engine.trainer import train as run_train
 
-    if device == "auto":
-        device = "cuda" if _cuda() else "cpu"
     try:
+        device = resolve_device(device)
         cfg = load_config(model)
         overrides = train_overrides(cfg, set_, iters, batch_size, lr, workers)
         if overrides:
@@ -73,11 +79,14 @@ def train(
         hooks = _family_hooks(cfg)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
-    except _user_errors() as e:
+    except _user_errors() + (WeightConversionError,) as e:
         _fail(str(e))
     from .engine.distributed import is_main
     if is_main():
         typer.echo(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
+    if result.get("interrupted"):
+        import signal
+        raise typer.Exit(128 + getattr(signal, result["interrupted"], signal.SIGTERM))
 
 
 def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, workers=None) -> list[str]:
@@ -98,11 +107,27 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
     return overrides
 
 
-def _pretrained_init(src: str):
-    """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache)."""
+def _pretrained_init(src: str, min_fraction: float = 0.5):
+    """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache).
+    Logs how many backbone tensors loaded; refuses when fewer than `min_fraction` of them did (a checkpoint
+    of another family or size fits a few stem layers by shape and would silently leave the rest random)."""
     def init(model):
         from .convert import load_backbone_weights
-        load_backbone_weights(model, src)
+        from .convert.common import WeightConversionError
+        try:
+            report = load_backbone_weights(model, src)
+        except OSError as e:  # URLError, timeouts: offline machines get one line, not a urllib traceback
+            raise WeightConversionError(f"--pretrained {src}: cannot read it ({getattr(e, 'reason', None) or e}); "
+                                        f"offline? download the file elsewhere and pass its path") from None
+        total = len(report.loaded) + len(report.not_loaded)
+        logging.getLogger("pocketdet.train").info(
+            "--pretrained %s: loaded %d of %d backbone tensors, %d kept their initialisation, %d file entries "
+            "ignored", src, len(report.loaded), total, len(report.not_loaded), len(report.ignored))
+        if len(report.loaded) < min_fraction * total:
+            first = next(iter(report.not_loaded.items()), ("", ""))
+            raise WeightConversionError(
+                f"--pretrained {src}: only {len(report.loaded)} of {total} backbone tensors fit this model "
+                f"(first left out: {first[0]}: {first[1]}); is it a checkpoint of another family or size?")
     return init
 
 
@@ -122,22 +147,14 @@ def _family_hooks(cfg) -> dict:
     return hooks_for(cfg)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
 @app.command()
 def val(
     model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
     data: Path = typer.Option(..., "--data", help="dataset YAML"),
     split: str = typer.Option("val", help="train | val | test"),
-    batch_size: int = typer.Option(8),
-    workers: int = typer.Option(2),
-    device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(8, min=1, help="images per forward pass"),
+    workers: int = typer.Option(2, min=0, help="data loader workers (0: load in the main process)"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the stats to this JSON file"),
 ):
     """COCO box AP of a model on a dataset split."""
@@ -146,7 +163,10 @@ def val(
     from .data import build_dataset, load_dataset_yaml
     from .engine.evaluate import evaluate
 
+    from .engine.device import resolve_device
+
     try:
+        device = resolve_device(device)
         m = model_from_name_or_checkpoint(model).to(device)
         ds = build_dataset(load_dataset_yaml(data), split, m.class_names)
     except _user_errors() as e:
