@@ -16,6 +16,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Small, fast object detectors for phones and CPUs (PaddleDetection's mobile zoo in PyTorch).")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"pocketdet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _common(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                         help="print the version and exit")):
+    pass
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -107,10 +120,12 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
     return overrides
 
 
-def _pretrained_init(src: str, min_fraction: float = 0.5):
+def _pretrained_init(src: str, min_fraction: float = 1 / 3):
     """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache).
-    Logs how many backbone tensors loaded; refuses when fewer than `min_fraction` of them did (a checkpoint
-    of another family or size fits a few stem layers by shape and would silently leave the rest random)."""
+    Logs how many backbone tensors loaded; refuses when fewer than `min_fraction` of them did: a checkpoint of
+    another family or size fits a few stem layers by shape (SSDLite-Large into Small: 40 of 271) and would
+    silently leave the rest random, while real ImageNet weights fill 60% of SSDLite-Small's backbone (its
+    extra layers and halved tail are not in them) and all of YOLOv3's."""
     def init(model):
         from .convert import load_backbone_weights
         from .convert.common import WeightConversionError
@@ -182,7 +197,7 @@ def predict(
     model: str = typer.Argument(..., help="checkpoint (.pt), zoo name, or (with --runtime onnx) an .onnx file"),
     sources: list[str] = typer.Argument(..., help="image files, folders or glob patterns"),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for PNGs with boxes + predictions.json"),
-    conf: float = typer.Option(0.3, help="score threshold for drawing and JSON"),
+    conf: float = typer.Option(0.3, min=0.0, max=1.0, help="score threshold for drawing and JSON (0..1)"),
     runtime: str = typer.Option("torch", help="torch | onnx"),
     threads: int = typer.Option(0, help="CPU threads (0: runtime default)"),
 ):
@@ -194,6 +209,7 @@ def predict(
 
     try:
         paths = collect_images(sources)
+        _warn_if_random_weights(model)
         predict_one, class_names = _predictor(model, runtime, threads)
     except _user_errors() as e:
         _fail(str(e))
@@ -212,6 +228,17 @@ def predict(
         results.append(detections_to_json(p, boxes, scores, labels, class_names, conf))
     (out / "predictions.json").write_text(json.dumps(results, indent=1))
     typer.echo(f"{len(results)} images -> {out}/ (PNGs + predictions.json)")
+
+
+def _warn_if_random_weights(spec: str, role: str = "model") -> None:
+    """A bare zoo name builds the architecture with random weights: fine for latency and export checks, but its
+    detections are noise. Say so before anything runs on it."""
+    from .config import zoo_names
+
+    if not Path(spec).exists() and spec in zoo_names():
+        logging.getLogger("pocketdet").warning(
+            "%s %s is a zoo name without weights: the model has RANDOM weights and its detections mean nothing "
+            "(pass a checkpoint .pt, e.g. from `pocketdet train` or `pocketdet convert`)", role, spec)
 
 
 def _predictor(model: str, runtime: str, threads: int):
@@ -323,7 +350,8 @@ def convert_torchvision_cmd(
 @app.command()
 def export(
     model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
-    format: str = typer.Option("onnx", "--format", help="onnx | ncnn (ncnn needs the 'mobile' extra: ncnn + pnnx)"),
+    format: str = typer.Option("onnx", "--format", help="onnx | ncnn, any case (ncnn needs the 'mobile' extra: "
+                                                        "ncnn + pnnx)"),
     out: Path = typer.Option(..., "-o", "--out", help="output file (.onnx) or ncnn name (writes NAME.ncnn.param/.bin/.json)"),
     opset: int = typer.Option(17, help="ONNX opset (>= 17)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX: dynamic batch dimension"),
@@ -336,7 +364,8 @@ def export(
     from .deploy.runtime import ModelFileError
 
     try:
-        path, report = export_model(model, out, format=format, verify=not no_verify, images=images or None,
+        _warn_if_random_weights(model)
+        path, report = export_model(model, out, format=format.lower(), verify=not no_verify, images=images or None,
                                     opset=opset, dynamic_batch=dynamic_batch)
     except _user_errors() + (ExportVerificationError, ModelFileError, ValueError, ImportError, NotImplementedError) as e:
         _fail(str(e))
@@ -354,22 +383,32 @@ def bench(
     threads: list[int] = typer.Option([1, 2], "--threads", help="thread counts to measure"),
     runs: int = typer.Option(50, help="timed runs per measurement (after warmup)"),
     warmup: int = typer.Option(5, help="untimed runs first"),
-    md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file whose deploy-zoo section is replaced"),
-    png: Path = typer.Option(Path("docs/latency_vs_ap.png"), help="latency-vs-AP plot"),
-    merge: bool = typer.Option(False, "--merge", help="keep earlier rows (runs/bench/rows.json) of other models/threads"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="folder for everything written: exported models, "
+                             "rows.json, BENCHMARKS.md (the table), latency_vs_ap.png"),
+    md: Optional[Path] = typer.Option(None, help="Markdown file whose deploy-zoo section is replaced "
+                                      "(default <out>/BENCHMARKS.md; `make bench` passes the repo's)"),
+    png: Optional[Path] = typer.Option(None, help="latency-vs-AP plot (default <out>/latency_vs_ap.png)"),
+    merge: bool = typer.Option(False, "--merge", help="keep earlier rows (<out>/rows.json) of other models/threads"),
 ):
-    """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn."""
+    """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn: prints the table and
+    writes files only under --out (or to --md / --png when given)."""
     _setup_logging()
     from .compress.quant import bench_int8_export
     from .deploy.bench import bench_command
 
+    from .deploy.bench import rows_markdown
+
     command = "pocketdet bench " + " ".join(sys.argv[2:])
+    md, png = md or out / "BENCHMARKS.md", png or out / "latency_vs_ap.png"
     try:
-        bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
-                      command=command, progress=typer.echo, merge=merge, int8_export=bench_int8_export)
+        rows = bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
+                             workdir=out, command=command, progress=typer.echo, merge=merge,
+                             int8_export=bench_int8_export)
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
-    typer.echo(f"results -> {md} (section deploy-zoo), plot -> {png}")
+    typer.echo(rows_markdown(rows))
+    typer.echo(f"table -> {md} (section deploy-zoo), plot -> {png}{'' if png.exists() else ' (not drawn)'}, "
+               f"rows and exported models -> {out}/")
 
 
 @app.command()
@@ -437,14 +476,19 @@ def distill_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="distilled checkpoint to write (.pt)"),
     batch_size: Optional[int] = typer.Option(None, help="images per step (default: the student recipe's)"),
     lr: Optional[float] = typer.Option(None, help="LR used as is (default: recipe LR scaled to the batch)"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    workers: int = typer.Option(0, help="data loader workers"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
+    workers: int = typer.Option(0, min=0, help="data loader workers (0: load in the main process)"),
 ):
-    """Fine-tune a student with its YOLOv3 loss + split distillation (x1000) from a frozen teacher (spec 5.2)."""
+    """Fine-tune a student with its YOLOv3 loss + split distillation (x1000) from a frozen teacher, as
+    PaddleDetection's slim recipe for the pruned YOLOv3-MobileNetV3 does."""
     _setup_logging()
     from .compress.distill import DistillError, distill_checkpoint
+    from .engine.device import resolve_device
 
     try:
+        device = resolve_device(device)
+        _warn_if_random_weights(teacher, "--teacher")
+        _warn_if_random_weights(student, "--student")
         summary = distill_checkpoint(teacher, student, data, iters, out, batch_size, lr, device, workers)
     except _user_errors() + (DistillError,) as e:
         _fail(str(e))

@@ -20,6 +20,8 @@ def collect_images(sources: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:  # e.g. a .txt list: refused like an empty folder
+                raise FileNotFoundError(f"{src}: not an image file (known: {', '.join(sorted(IMAGE_SUFFIXES))})")
             found = [p]
         else:
             found = sorted(Path(q) for q in glob.glob(src, recursive=True) if Path(q).suffix.lower() in IMAGE_SUFFIXES)

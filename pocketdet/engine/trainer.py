@@ -113,12 +113,12 @@ def _nonfinite(losses: dict, loss: torch.Tensor, model, clip: float | None) -> s
     """None when the step may be applied, else what is not finite (loss terms or gradient norm). With
     clipping, the norm is that of the unclipped gradients, which `clip_grad_norm_` returns anyway."""
     if not torch.isfinite(loss):
-        return "loss terms " + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        return "loss terms " + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
     params = [p for p in model.parameters() if p.grad is not None]
     norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip else
             torch.nn.utils.get_total_norm([p.grad for p in params]))
     if not torch.isfinite(norm):
-        return f"gradient norm {float(norm)} (loss {float(loss):.4g})"
+        return f"gradient norm {float(norm)} (loss {float(loss.detach()):.4g})"
     return None
 
 
