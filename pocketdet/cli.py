@@ -176,9 +176,8 @@ def val(
     _setup_logging()
     from .api import model_from_name_or_checkpoint
     from .data import build_dataset, load_dataset_yaml
-    from .engine.evaluate import evaluate
-
     from .engine.device import resolve_device
+    from .engine.evaluate import evaluate
 
     try:
         device = resolve_device(device)

@@ -157,6 +157,7 @@ def test_dataset_yaml_typo_names_file_key_and_allowed_keys(tmp_path, text, msg):
     assert "SplitSpec" not in r.output and "train.str" not in r.output
 
 
+@pytest.mark.slow
 def test_bench_prints_table_writes_only_under_out_and_int8_sits_next_to_fp32(tmp_path, monkeypatch):
     """Issue 21.7 / 21.9: nothing lands in the current folder, the table is printed, `--runtime
     onnxruntime-int8` gives an fp32 row next to the int8 one, and the progress line names only what is timed."""
