@@ -214,3 +214,32 @@ def test_device_without_gpu_is_a_one_line_error(verb, device, data_yaml, tmp_pat
     assert len(r.output.strip().splitlines()) == 1
     r = runner.invoke(app, args + ["--device", "tpu9"])
     assert r.exit_code == 2 and "unknown device" in r.output, r.output
+
+
+def _save_under_fsize_limit(path, limit, queue):
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        save_atomic({"model": {"w": torch.zeros(1_000_000)}, "iteration": 2}, path)
+        queue.put("saved")
+    except CheckpointError as e:
+        queue.put(f"CheckpointError: {e}")
+    except BaseException as e:  # anything else is the bug this test looks for
+        queue.put(f"{type(e).__name__}: {e}")
+
+
+def test_a_real_failing_write_keeps_the_previous_checkpoint(tmp_path):
+    """Not a monkeypatch: the kernel refuses the write (RLIMIT_FSIZE, as a full disk would with ENOSPC)."""
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {"w": torch.ones(10)}, "iteration": 1}, path)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_save_under_fsize_limit, args=(path, 1_000_000, queue))  # < the 4 MB checkpoint
+    proc.start()
+    msg = queue.get(timeout=120)
+    proc.join()
+    assert msg.startswith("CheckpointError: cannot write checkpoint") and "File too large (EFBIG)" in msg, msg
+    assert "the previous one is kept" in msg and "\n" not in msg
+    assert load_checkpoint(path)["iteration"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
