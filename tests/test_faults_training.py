@@ -33,17 +33,17 @@ def data_yaml(tmp_path, tiny_coco):
     return p
 
 
-def _train_args(data_yaml, out, *extra):
+def _train_args(data_yaml, out, *extra, workers=0):
     return ["train", "ssdlite_mnv3_small_320", "--data", str(data_yaml), "--out", str(out), "--iters", str(ITERS),
-            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-eval",
+            "--batch-size", "2", "--workers", str(workers), "--device", "cpu", "--no-eval",
             "--set", "train.checkpoint_interval=1", "--set", "train.schedule.warmup_iters=2", *extra]
 
 
-def _spawn(args, log: Path) -> subprocess.Popen:
+def _spawn(args, log: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "pocketdet.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                                env=env, cwd=ROOT)
+                                env=env, cwd=ROOT, **popen)
 
 
 def _wait(pred, proc, timeout=1200.0, what=""):  # generous: only a hang should hit it
@@ -60,8 +60,9 @@ def _iteration(path: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_and_sigterm_then_resume_equals_a_straight_run(tmp_path, data_yaml):
-    """SIGKILL mid-run leaves a loadable last.pt (at most the current iteration lost); SIGTERM stops at the end
-    of the iteration with a checkpoint and exit code 143; resuming twice gives the straight run's weights."""
+    """SIGKILL mid-run leaves a loadable last.pt (at most the current iteration lost); SIGTERM to the whole
+    process group (as `scancel` sends it; data loader workers included) stops at the end of the iteration with a
+    checkpoint and exit code 143; resuming twice gives the straight run's weights."""
     log = tmp_path / "log.txt"
     straight = _spawn(_train_args(data_yaml, tmp_path / "a"), log)
     assert straight.wait(timeout=1200) == 0, log.read_text()[-3000:]
@@ -76,10 +77,10 @@ def test_sigkill_and_sigterm_then_resume_equals_a_straight_run(tmp_path, data_ya
     k1 = _iteration(last)
     assert 1 <= k1 < ITERS, f"the SIGKILL came too late (iteration {k1}): nothing was tested"
 
-    p = _spawn(_train_args(data_yaml, out, "--resume", "auto"), log)
+    p = _spawn(_train_args(data_yaml, out, "--resume", "auto", workers=2), log, start_new_session=True)
     before = last.stat().st_mtime_ns
     _wait(lambda: last.stat().st_mtime_ns != before, p, what="a checkpoint after resuming")
-    p.send_signal(signal.SIGTERM)
+    os.killpg(p.pid, signal.SIGTERM)
     assert p.wait(timeout=600) == 143, log.read_text()[-3000:]
     k2 = _iteration(last)
     assert k1 < k2 < ITERS, (k1, k2)

@@ -100,6 +100,14 @@ class _StopSignals:
         self._old = {}
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM / SIGINT: a signal sent to the whole process group (Ctrl-C, a
+    cluster's `scancel`) would otherwise kill them, and torch would raise "worker killed" in the main process
+    before it could write its checkpoint. The main process shuts them down when it stops."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _any_rank(flag: bool, world: int, device) -> bool:
     """True on every rank when any rank says so (a signal reaches the ranks at different iterations)."""
     if world == 1:
@@ -179,6 +187,7 @@ def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals
     transform = build_train_transforms(t.augment, model.input_size)
     loader = train_loader(dataset, transform, t.batch_size, t.seed, start_iter, t.schedule.max_iters,
                           loader_workers(t.num_workers), rank, world, opts.collate_fn or collate_detection)
+    loader.worker_init_fn = _ignore_stop_signals
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
