@@ -377,7 +377,8 @@ def export(
 def bench(
     models: list[str] = typer.Argument(None, help="zoo names (default: every zoo model)"),
     runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime",
-                                      help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8); zoo "
+                                      help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8, timed next to "
+                                           "ONNX Runtime fp32); zoo "
                                            "entries with a quant recipe (*_quant) always run fp32 + int8 in ORT"),
     threads: list[int] = typer.Option([1, 2], "--threads", help="thread counts to measure"),
     runs: int = typer.Option(50, help="timed runs per measurement (after warmup)"),

@@ -168,7 +168,7 @@ def _poison(model, at_calls: set):
 
 
 def _nan_cfg(iters, **extra):
-    over = [f"train.schedule.max_iters={iters}", "train.schedule.warmup_iters=1", "train.batch_size=1",
+    over = [f"train.schedule.max_iters={iters}", "train.schedule.warmup_iters=1", "train.batch_size=2",
             "train.num_workers=0", "train.checkpoint_interval=1"]
     return apply_overrides(load_config("ssdlite_mnv3_small_320"), over + [f"{k}={v}" for k, v in extra.items()])
 
