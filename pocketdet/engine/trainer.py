@@ -191,6 +191,9 @@ def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.pt.*.tmp"):  # a save cut short by SIGKILL / power loss (see save_atomic)
+            log.info("removing %s, left by an interrupted checkpoint save", stale)
+            stale.unlink(missing_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
 
