@@ -253,3 +253,14 @@ def test_qat_log_names_the_recipe_not_quant_layers(tmp_path, tiny_coco, monkeypa
                                             tmp_path / "q.pt", calib_images=1)
     assert summary["not_quant"] == ["res_conv1", "se_block"]
     assert "not-quant ['res_conv1', 'se_block']" in caplog.text and "not-quant none" not in caplog.text
+
+
+def test_export_of_a_trained_model_compares_its_detections(tmp_path, fitted_ckpt, fitted_photos, caplog):
+    """The counterpart of the random-weights case: on photos the fitted model detects on, most detections are
+    compared one to one and the summary carries no warning."""
+    r = runner.invoke(app, ["export", str(fitted_ckpt), "-o", str(tmp_path / "fit.onnx"),
+                            "--image", str(fitted_photos[0]), "--image", str(fitted_photos[1])])
+    assert r.exit_code == 0, r.output
+    matched, total = map(int, re.search(r"detections (\d+)/(\d+) identical", r.output).groups())
+    assert total > 0 and matched >= total / 2 and "WARNING" not in r.output, r.output
+    assert "RANDOM weights" not in caplog.text
