@@ -112,7 +112,7 @@ def test_sigkill_during_saves_never_leaves_an_unreadable_file(tmp_path):
     ctx = multiprocessing.get_context("fork")
     mid_save = 0
     for attempt in range(30):
-        proc = ctx.Process(target=_save_forever, args=(path, payloads))
+        proc = ctx.Process(target=_save_forever, args=(path, payloads), daemon=True)
         proc.start()
         end = time.monotonic() + 60
         while not path.exists() and time.monotonic() < end:
@@ -225,13 +225,14 @@ def test_device_without_gpu_is_a_one_line_error(verb, device, data_yaml, tmp_pat
     assert r.exit_code == 2 and "unknown device" in r.output, r.output
 
 
-def _save_under_fsize_limit(path, limit, queue):
+def _save_under_fsize_limit(path, payload, limit, queue):
+    """Runs in a forked child: no torch op here (a forked child can hang in OpenMP the parent already used)."""
     import resource
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     try:
-        save_atomic({"model": {"w": torch.zeros(1_000_000)}, "iteration": 2}, path)
+        save_atomic(payload, path)
         queue.put("saved")
     except CheckpointError as e:
         queue.put(f"CheckpointError: {e}")
@@ -245,10 +246,14 @@ def test_a_real_failing_write_keeps_the_previous_checkpoint(tmp_path):
     save_atomic({"model": {"w": torch.ones(10)}, "iteration": 1}, path)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_save_under_fsize_limit, args=(path, 1_000_000, queue))  # < the 4 MB checkpoint
+    payload = {"model": {"w": torch.zeros(1_000_000)}, "iteration": 2}  # 4 MB, over the 1 MB limit
+    proc = ctx.Process(target=_save_under_fsize_limit, args=(path, payload, 1_000_000, queue), daemon=True)
     proc.start()
-    msg = queue.get(timeout=120)
-    proc.join()
+    try:
+        msg = queue.get(timeout=120)
+    finally:
+        proc.kill()
+        proc.join()
     assert msg.startswith("CheckpointError: cannot write checkpoint") and "File too large (EFBIG)" in msg, msg
     assert "the previous one is kept" in msg and "\n" not in msg
     assert load_checkpoint(path)["iteration"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
