@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(VENV)/bin/pocketdet bench --runs 50 --threads 1 --threads 2 --merge
+	$(VENV)/bin/pocketdet bench --runs 50 --threads 1 --threads 2 --merge --md BENCHMARKS.md --png docs/latency_vs_ap.png
 	$(PY) benchmarks/peers.py --threads 1 --runs 50
 
 clean:

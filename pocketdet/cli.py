@@ -16,6 +16,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Small, fast object detectors for phones and CPUs (PaddleDetection's mobile zoo in PyTorch).")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"pocketdet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _common(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                         help="print the version and exit")):
+    pass
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -30,7 +43,9 @@ def _user_errors():
     from .data.errors import DataError
     from .deploy.runtime import ModelFileError
     from .engine.checkpoint import CheckpointError
-    return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError)
+    from .engine.device import DeviceError
+    from .engine.trainer import TrainingError
+    return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError, DeviceError, TrainingError)
 
 
 @app.command()
@@ -42,22 +57,26 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="images per process"),
     lr: Optional[float] = typer.Option(None, help="base LR for the reference batch"),
     workers: Optional[int] = typer.Option(None, help="data loader workers per process"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
     resume: Optional[str] = typer.Option(None, help="checkpoint to resume from, or 'auto' for <out>/last.pt"),
     pretrained: Optional[str] = typer.Option(None, help="backbone weights: path or URL (Paddle/torchvision/pocketdet)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip periodic evaluation"),
     set_: list[str] = typer.Option([], "--set", help="config override key=value, e.g. train.ema_decay=0.9998"),
 ):
-    """Train a zoo model on a COCO-format or YOLO-txt dataset."""
+    """Train a zoo model on a COCO-format or YOLO-txt dataset.
+
+    SIGTERM or Ctrl-C stops at the end of the current iteration: last.pt is written, the result is printed, and
+    the exit code is 143 (SIGTERM) or 130 (SIGINT); `--resume auto` then continues exactly where it stopped."""
     _setup_logging()
     from .config import apply_overrides, load_config
+    from .convert.common import WeightConversionError
     from .data import build_dataset, load_dataset_yaml
+    from .engine.device import resolve_device
     from .engine.trainer import TrainOptions
     from .engine.trainer import train as run_train
 
-    if device == "auto":
-        device = "cuda" if _cuda() else "cpu"
     try:
+        device = resolve_device(device)
         cfg = load_config(model)
         overrides = train_overrides(cfg, set_, iters, batch_size, lr, workers)
         if overrides:
@@ -73,11 +92,14 @@ def train(
         hooks = _family_hooks(cfg)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
-    except _user_errors() as e:
+    except _user_errors() + (WeightConversionError,) as e:
         _fail(str(e))
     from .engine.distributed import is_main
     if is_main():
         typer.echo(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}, indent=2))
+    if result.get("interrupted"):
+        import signal
+        raise typer.Exit(128 + getattr(signal, result["interrupted"], signal.SIGTERM))
 
 
 def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, workers=None) -> list[str]:
@@ -98,11 +120,29 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
     return overrides
 
 
-def _pretrained_init(src: str):
-    """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache)."""
+def _pretrained_init(src: str, min_fraction: float = 1 / 3):
+    """Backbone init from Paddle / torchvision / pocketdet weights (a URL goes through torch hub's cache).
+    Logs how many backbone tensors loaded; refuses when fewer than `min_fraction` of them did: a checkpoint of
+    another family or size fits a few stem layers by shape (SSDLite-Large into Small: 40 of 271) and would
+    silently leave the rest random, while real ImageNet weights fill 60% of SSDLite-Small's backbone (its
+    extra layers and halved tail are not in them) and all of YOLOv3's."""
     def init(model):
         from .convert import load_backbone_weights
-        load_backbone_weights(model, src)
+        from .convert.common import WeightConversionError
+        try:
+            report = load_backbone_weights(model, src)
+        except OSError as e:  # URLError, timeouts: offline machines get one line, not a urllib traceback
+            raise WeightConversionError(f"--pretrained {src}: cannot read it ({getattr(e, 'reason', None) or e}); "
+                                        f"offline? download the file elsewhere and pass its path") from None
+        total = len(report.loaded) + len(report.not_loaded)
+        logging.getLogger("pocketdet.train").info(
+            "--pretrained %s: loaded %d of %d backbone tensors, %d kept their initialisation, %d file entries "
+            "ignored", src, len(report.loaded), total, len(report.not_loaded), len(report.ignored))
+        if len(report.loaded) < min_fraction * total:
+            first = next(iter(report.not_loaded.items()), ("", ""))
+            raise WeightConversionError(
+                f"--pretrained {src}: only {len(report.loaded)} of {total} backbone tensors fit this model "
+                f"(first left out: {first[0]}: {first[1]}); is it a checkpoint of another family or size?")
     return init
 
 
@@ -122,31 +162,25 @@ def _family_hooks(cfg) -> dict:
     return hooks_for(cfg)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
 @app.command()
 def val(
     model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
     data: Path = typer.Option(..., "--data", help="dataset YAML"),
     split: str = typer.Option("val", help="train | val | test"),
-    batch_size: int = typer.Option(8),
-    workers: int = typer.Option(2),
-    device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(8, min=1, help="images per forward pass"),
+    workers: int = typer.Option(2, min=0, help="data loader workers (0: load in the main process)"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the stats to this JSON file"),
 ):
     """COCO box AP of a model on a dataset split."""
     _setup_logging()
     from .api import model_from_name_or_checkpoint
     from .data import build_dataset, load_dataset_yaml
+    from .engine.device import resolve_device
     from .engine.evaluate import evaluate
 
     try:
+        device = resolve_device(device)
         m = model_from_name_or_checkpoint(model).to(device)
         ds = build_dataset(load_dataset_yaml(data), split, m.class_names)
     except _user_errors() as e:
@@ -182,6 +216,7 @@ def predict(
 
     try:
         items = collect_sources(sources)
+        _warn_if_random_weights(model)
         prepare, infer, class_names = _predictor(model, runtime, threads)
         from tqdm import tqdm
         bar = tqdm(desc="predict", unit="img")
@@ -198,6 +233,17 @@ def predict(
     if done == 0:
         _fail(f"nothing could be read: {summary}")
     typer.echo(summary)
+
+
+def _warn_if_random_weights(spec: str, role: str = "model") -> None:
+    """A bare zoo name builds the architecture with random weights: fine for latency and export checks, but its
+    detections are noise. Say so before anything runs on it."""
+    from .config import zoo_names
+
+    if not Path(spec).exists() and spec in zoo_names():
+        logging.getLogger("pocketdet").warning(
+            "%s %s is a zoo name without weights: the model has RANDOM weights and its detections mean nothing "
+            "(pass a checkpoint .pt, e.g. from `pocketdet train` or `pocketdet convert`)", role, spec)
 
 
 def _predictor(model: str, runtime: str, threads: int):
@@ -321,7 +367,8 @@ def convert_torchvision_cmd(
 @app.command()
 def export(
     model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
-    format: str = typer.Option("onnx", "--format", help="onnx | ncnn (ncnn needs the 'mobile' extra: ncnn + pnnx)"),
+    format: str = typer.Option("onnx", "--format", help="onnx | ncnn, any case (ncnn needs the 'mobile' extra: "
+                                                        "ncnn + pnnx)"),
     out: Path = typer.Option(..., "-o", "--out", help="output file (.onnx) or ncnn name (writes NAME.ncnn.param/.bin/.json)"),
     opset: int = typer.Option(17, help="ONNX opset (>= 17)"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX: dynamic batch dimension"),
@@ -334,7 +381,8 @@ def export(
     from .deploy.runtime import ModelFileError
 
     try:
-        path, report = export_model(model, out, format=format, verify=not no_verify, images=images or None,
+        _warn_if_random_weights(model)
+        path, report = export_model(model, out, format=format.lower(), verify=not no_verify, images=images or None,
                                     opset=opset, dynamic_batch=dynamic_batch)
     except _user_errors() + (ExportVerificationError, ModelFileError, ValueError, ImportError, NotImplementedError) as e:
         _fail(str(e))
@@ -347,27 +395,38 @@ def export(
 def bench(
     models: list[str] = typer.Argument(None, help="zoo names (default: every zoo model)"),
     runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime",
-                                      help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8); zoo "
+                                      help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8, timed next to "
+                                           "ONNX Runtime fp32); zoo "
                                            "entries with a quant recipe (*_quant) always run fp32 + int8 in ORT"),
     threads: list[int] = typer.Option([1, 2], "--threads", help="thread counts to measure"),
     runs: int = typer.Option(50, help="timed runs per measurement (after warmup)"),
     warmup: int = typer.Option(5, help="untimed runs first"),
-    md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file whose deploy-zoo section is replaced"),
-    png: Path = typer.Option(Path("docs/latency_vs_ap.png"), help="latency-vs-AP plot"),
-    merge: bool = typer.Option(False, "--merge", help="keep earlier rows (runs/bench/rows.json) of other models/threads"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="folder for everything written: exported models, "
+                             "rows.json, BENCHMARKS.md (the table), latency_vs_ap.png"),
+    md: Optional[Path] = typer.Option(None, help="Markdown file whose deploy-zoo section is replaced "
+                                      "(default <out>/BENCHMARKS.md; `make bench` passes the repo's)"),
+    png: Optional[Path] = typer.Option(None, help="latency-vs-AP plot (default <out>/latency_vs_ap.png)"),
+    merge: bool = typer.Option(False, "--merge", help="keep earlier rows (<out>/rows.json) of other models/threads"),
 ):
-    """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn."""
+    """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn: prints the table and
+    writes files only under --out (or to --md / --png when given)."""
     _setup_logging()
     from .compress.quant import bench_int8_export
     from .deploy.bench import bench_command
 
+    from .deploy.bench import rows_markdown
+
     command = "pocketdet bench " + " ".join(sys.argv[2:])
+    md, png = md or out / "BENCHMARKS.md", png or out / "latency_vs_ap.png"
     try:
-        bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
-                      command=command, progress=typer.echo, merge=merge, int8_export=bench_int8_export)
+        rows = bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
+                             workdir=out, command=command, progress=typer.echo, merge=merge,
+                             int8_export=bench_int8_export)
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
-    typer.echo(f"results -> {md} (section deploy-zoo), plot -> {png}")
+    typer.echo(rows_markdown(rows))
+    typer.echo(f"table -> {md} (section deploy-zoo), plot -> {png}{'' if png.exists() else ' (not drawn)'}, "
+               f"rows and exported models -> {out}/")
 
 
 @app.command()
@@ -453,14 +512,19 @@ def distill_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="distilled checkpoint to write (.pt)"),
     batch_size: Optional[int] = typer.Option(None, help="images per step (default: the student recipe's)"),
     lr: Optional[float] = typer.Option(None, help="LR used as is (default: recipe LR scaled to the batch)"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    workers: int = typer.Option(0, help="data loader workers"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
+    workers: int = typer.Option(0, min=0, help="data loader workers (0: load in the main process)"),
 ):
-    """Fine-tune a student with its YOLOv3 loss + split distillation (x1000) from a frozen teacher (spec 5.2)."""
+    """Fine-tune a student with its YOLOv3 loss + split distillation (x1000) from a frozen teacher, as
+    PaddleDetection's slim recipe for the pruned YOLOv3-MobileNetV3 does."""
     _setup_logging()
     from .compress.distill import DistillError, distill_checkpoint
+    from .engine.device import resolve_device
 
     try:
+        device = resolve_device(device)
+        _warn_if_random_weights(teacher, "--teacher")
+        _warn_if_random_weights(student, "--student")
         summary = distill_checkpoint(teacher, student, data, iters, out, batch_size, lr, device, workers)
     except _user_errors() + (DistillError,) as e:
         _fail(str(e))

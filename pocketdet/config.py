@@ -47,7 +47,7 @@ class TrainCfg(_Strict):
     optimizer: OptimizerCfg
     schedule: ScheduleCfg
     augment: Literal["ssd", "yolo", "rcnn", "none"] = "ssd"
-    num_workers: int = 2
+    num_workers: int = 2             # data loader workers per process, capped at the CPUs the process may use
     ema_decay: float | None = None
     amp: bool = True                 # used on CUDA only
     sync_bn: bool = False
@@ -55,6 +55,8 @@ class TrainCfg(_Strict):
     checkpoint_interval: int = 5000
     log_interval: int = 20
     seed: int = 0
+    skip_nonfinite: int = Field(0, ge=0, description="consecutive non-finite steps (loss or gradient) skipped "
+                                "with a warning before training stops; 0: stop at the first")
     extra: dict[str, Any] = {}       # family-specific training knobs (e.g. mixup_iters for YOLOv3)
 
 

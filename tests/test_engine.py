@@ -141,3 +141,37 @@ def test_faster_coco_eval_equals_pycocotools(data_dir):
     assert 0.2 < ours["AP"] < 0.95
     for i, k in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]):
         assert ours[k] == pytest.approx(ev.stats[i], abs=1e-6), k
+
+
+def test_checkpoint_holds_best_ap_of_its_own_iteration_across_resumes(tmp_path, four_images):
+    """Issue 21.1: last.pt is written after the evaluation of its iteration, so a resumed run (finished or
+    extended) knows the best AP and best.pt so far and never replaces best.pt with a model that is not better."""
+    import json
+
+    out = tmp_path / "run"
+    over = {"train.eval_interval": 2, "train.checkpoint_interval": 2}
+    first = train(_cfg(2, **over), four_images, TrainOptions(out_dir=out, progress=False, eval_dataset=four_images))
+    ck = load_checkpoint(out / "last.pt")
+    ap2 = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["AP"]
+    assert ck["iteration"] == 2 and ck["best_ap"] == ap2 == first["best_ap"]
+    assert ck["best"] == str(out / "best.pt")
+    # resuming the finished run reports what it holds instead of "best": null, "best_ap": -1
+    again = train(_cfg(2, **over), four_images, TrainOptions(out_dir=out, progress=False, eval_dataset=four_images,
+                                                               resume=out / "last.pt"))
+    assert again["best"] == out / "best.pt" and again["best_ap"] == ap2
+    # more iterations: best.pt moves only to an evaluation that beats every earlier one
+    more = train(_cfg(4, **over), four_images, TrainOptions(out_dir=out, progress=False, eval_dataset=four_images,
+                                                              resume=out / "last.pt"))
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best_ap = max(e["AP"] for e in evals)
+    first_best = next(e["iteration"] for e in evals if e["AP"] == best_ap)
+    best = load_checkpoint(out / "best.pt")
+    assert more["best_ap"] == best_ap == best["best_ap"] == load_checkpoint(out / "last.pt")["best_ap"]
+    assert best["iteration"] == first_best, (evals, best["iteration"])
+
+
+def test_loader_workers_capped_at_the_machine(monkeypatch):
+    from pocketdet.engine import trainer
+
+    monkeypatch.setattr(trainer, "available_cpus", lambda: 2)
+    assert trainer.loader_workers(8) == 2 and trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1

@@ -152,8 +152,8 @@ def distill_train(student: YOLOv3, teacher: YOLOv3 | None, dataset, iters: int, 
         losses = distill_step_losses(student, teacher, images, targets, weight)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {it}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }; lower the LR")
+            raise DistillError(f"non-finite loss at iteration {it}: "
+                               f"{ {k: float(v) for k, v in losses.items()} }; lower the LR")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.optimizer.clip_grad_norm:

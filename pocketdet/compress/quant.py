@@ -405,6 +405,11 @@ def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quan
     model, cfg = _model_and_config(model_or_checkpoint)
     model = model.cpu().float().eval()
     images = calibration_images(data, calib_images)
+    recipe = qat_recipe(cfg) if method == "qat" else None
+    if recipe is not None:  # the zoo's QAT recipe: its schedule/LR, and its not-quant patterns by default
+        cfg = recipe
+        not_quant = list(not_quant) or list(recipe.train.extra["quant"].get("not_quant", []))
+    # logged once the recipe's defaults are known: the log and the summary name the same layers
     log.info("%s of %s: %d calibration images from %s, not-quant %s", method.upper(), cfg.name, len(images), data,
              list(not_quant) or "none")
     if method == "ptq":
@@ -415,10 +420,6 @@ def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quan
             raise QuantError(f"--method qat trains: --data must be a dataset YAML with a train split, got {data}")
         from pocketdet.data import build_dataset, load_dataset_yaml
 
-        recipe = qat_recipe(cfg)
-        if recipe is not None:  # the zoo's QAT recipe: its schedule/LR, and its not-quant patterns by default
-            cfg = recipe
-            not_quant = list(not_quant) or list(recipe.train.extra["quant"].get("not_quant", []))
         train_ds = build_dataset(load_dataset_yaml(data), "train", list(model.class_names))
         state_model = qat_finetune(model, cfg, train_ds, not_quant, iters=iters, lr=lr, batch_size=batch_size,
                                    progress=progress)

@@ -83,7 +83,8 @@ class CocoDetection(DetectionDataset):
             if ann.get("category_id") not in self.cat_to_label:
                 raise DataError(f"{where}: unknown category_id {ann.get('category_id')}")
             if ann.get("iscrowd", 0):
-                self.skipped["crowd regions left out of training targets (kept for eval)"] += 1
+                self.skipped["crowd regions (iscrowd=1) not used as boxes to learn or match; COCO eval ignores "
+                             "detections on them"] += 1
                 continue
             bbox = ann.get("bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4):

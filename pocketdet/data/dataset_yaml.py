@@ -59,15 +59,38 @@ def load_dataset_yaml(path: str | Path) -> DatasetSpec:
     if not isinstance(raw, dict):
         raise DataError(f"{p}: expected a mapping with path/train/val/names")
     raw.pop("nc", None)  # tolerated for compatibility; the count comes from names
+    _check_keys(raw, p)
     try:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+        msgs = "; ".join(f"{_user_loc(er['loc'])}: {er['msg']}" for er in e.errors())
         raise DataError(f"invalid dataset YAML {p}: {msgs}") from None
     root = (p.parent / spec.path).resolve()
     spec.path = str(root)
     spec.source = str(p)
     return spec
+
+
+def _check_keys(raw: dict, p: Path) -> None:
+    """Unknown keys named as the user wrote them, with the allowed ones (pydantic would report them per member
+    of the `str | SplitSpec` union: "train.str: ...; train.SplitSpec.annotation: Extra inputs ...")."""
+    top = [k for k in DatasetSpec.model_fields if k != "source"]
+    for key, value in raw.items():
+        if key not in top:
+            raise DataError(f"{p}: unknown key {key!r} (allowed: {', '.join(top)}, nc)")
+        if key in ("train", "val", "test") and isinstance(value, dict):
+            bad = [k for k in value if k not in SplitSpec.model_fields]
+            if bad:
+                raise DataError(f"{p}: unknown key {bad[0]!r} in {key!r} (allowed: "
+                                f"{', '.join(SplitSpec.model_fields)}; or give {key!r} as an image folder)")
+            if "images" not in value:
+                raise DataError(f"{p}: {key!r} needs 'images' (the image folder, relative to 'path')")
+
+
+def _user_loc(loc: tuple) -> str:
+    """pydantic's error location without the union member names it inserts (str, SplitSpec, list[str], ...)."""
+    keep = [str(x) for x in loc if not (isinstance(x, str) and (x in ("str", "SplitSpec", "int") or "[" in x))]
+    return ".".join(keep)
 
 
 def build_dataset(spec: DatasetSpec, split: str, class_names: list[str] | None = None) -> DetectionDataset:

@@ -215,6 +215,9 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
         cfg = load_config(name)
         recipe = cfg.train.extra.get("quant") if isinstance(cfg.train.extra, dict) else None
         model_runtimes = ("onnxruntime", INT8) if recipe else tuple(runtimes)
+        if INT8 in model_runtimes and "onnxruntime" not in model_runtimes:
+            # an int8 row means something only next to the fp32 graph timed in the same interleaved run
+            model_runtimes = ("onnxruntime",) + model_runtimes
         model = build_model(cfg.model).eval()
         if trained_like:
             make_trained_like(model, calib)
@@ -260,7 +263,7 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
                     det = type(loaded)(loaded.source, threads=th)
                     fns[rt] = (lambda d: lambda: d.forward(x))(det)
                     e2e[rt] = (lambda d: lambda: d.predict(rgb))(det)
-                progress(f"bench {name} threads={th}: {', '.join(fns)}")
+                progress(f"bench {name} threads={th}: {', '.join(k for k in fns if k in model_runtimes)}")
                 # forward and predict of every runtime in one round-robin: their ratio sees the same load
                 both = {**{("fwd", k): v for k, v in fns.items() if k in model_runtimes},
                         **{("e2e", k): v for k, v in e2e.items() if k in model_runtimes}}
@@ -314,7 +317,7 @@ def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | N
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for rt, marker in zip(RUNTIMES, "os^"):
+    for rt, marker in zip(RUNTIMES + (INT8,), "os^D"):
         sel = [r for r in pts if r.runtime == rt]
         if sel:
             ax.scatter([r.end_to_end["median_ms"] for r in sel], [r.box_ap for r in sel], marker=marker, label=rt)
@@ -326,7 +329,8 @@ def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | N
     ax.set_xlabel(f"predict latency, ms (batch 1, {threads} thread{'s' if threads > 1 else ''}, log scale)")
     ax.set_ylabel("published COCO box AP (Paddle)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,16 +391,21 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 
 
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
-                  md="BENCHMARKS.md", png="docs/latency_vs_ap.png", workdir="runs/bench", command: str = "",
+                  md=None, png=None, workdir="runs/bench", command: str = "",
                   progress=print, merge: bool = False, int8_export=None) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
-    `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`.
+    `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`; both
+    default to files inside `workdir` (`BENCHMARKS.md`, `latency_vs_ap.png`), so nothing outside it is
+    written unless asked for (`make bench` passes the repo's BENCHMARKS.md and docs/ plot).
     Rows are also saved to `workdir/rows.json`; with `merge`, earlier rows of other (model, runtime,
-    threads) combinations are kept, so a long benchmark can be run in parts."""
+    threads) combinations are kept, so a long benchmark can be run in parts. Returns every row reported
+    (merged ones included)."""
     import dataclasses
     import json
 
     info = machine_info()
+    md = Path(workdir) / "BENCHMARKS.md" if md is None else md
+    png = Path(workdir) / "latency_vs_ap.png" if png is None else png
     store = Path(workdir) / "rows.json"
     old = []
     if merge and store.exists():
@@ -405,11 +414,14 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
     if merge and (Path(workdir) / "commands.json").exists():
         commands = json.loads((Path(workdir) / "commands.json").read_text()) + commands
 
+    reported: list[BenchRow] = []
+
     def report(new_rows):
         keys = {(r.model, r.runtime, r.threads) for r in new_rows}
         rows = [r for r in old if (r.model, r.runtime, r.threads) not in keys] + list(new_rows)
         rank = {rt: i for i, rt in enumerate(RUNTIMES + (INT8,))}
         rows.sort(key=lambda r: (r.model, r.threads, rank.get(r.runtime, len(rank))))
+        reported[:] = rows
         Path(workdir).mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
         (Path(workdir) / "commands.json").write_text(json.dumps(commands))
@@ -423,5 +435,6 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
             replace_section(md, "deploy-zoo", bench_report(rows, info, "`; `".join(commands), png_path),
                             parent="deploy")
 
-    return run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
-                     on_model_done=report, int8_export=int8_export)
+    run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
+              on_model_done=report, int8_export=int8_export)
+    return reported

@@ -237,19 +237,40 @@ class VerifyReport:
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)             # checks skipped as not comparable, with the reason
 
+    compare_detections: bool = True                      # False: raw outputs only (int8 vs float)
+
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def weak(self) -> str | None:
+        """Why the detection check proves little (None when most detections were compared): random weights
+        give no detections above the threshold, or hundreds of exactly tied scores that cannot be paired."""
+        if not self.compare_detections:
+            return None
+        if self.detections == 0:
+            return ("no detections to compare: the model finds nothing on these images (random weights?), so only "
+                    "the raw outputs were checked; pass a trained checkpoint or --image photos it detects on")
+        if self.matched < 0.5 * self.detections:
+            return (f"only {self.matched} of {self.detections} detections could be compared ({self.tie_exempt} have "
+                    f"exactly tied scores, typical of random weights); the raw outputs carry the check")
+        return None
+
     def summary(self) -> str:
         raw = ", ".join(f"{k} {v:.2e}" for k, v in self.raw_max_abs_err.items())
-        s = (f"{self.path}: {self.images} images, raw max abs err [{raw}], detections {self.matched}/"
-             f"{self.detections} identical (box err <= {self.max_box_err_px:.2e} px, score err <= "
-             f"{self.max_score_err:.2e})")
-        if self.tie_exempt:
-            s += f", {self.tie_exempt} not comparable (tied scores)"
+        s = f"{self.path}: {self.images} images, raw max abs err [{raw}]"
+        if not self.compare_detections:
+            s += ", detections not compared (int8 rounding moves them; raw outputs within 5% of their scale)"
+        else:
+            s += (f", detections {self.matched}/{self.detections} identical (box err <= {self.max_box_err_px:.2e} px, "
+                  f"score err <= {self.max_score_err:.2e})")
+            if self.tie_exempt:
+                s += f", {self.tie_exempt} not comparable (tied scores)"
         if self.notes:
             s += f"; {len(self.notes)} note(s), first: {self.notes[0]}"
+        if self.weak:
+            s += f"\nWARNING: {self.weak}"
         return s
 
 
@@ -415,7 +436,7 @@ def _write_int8(model, onnx_bytes: bytes, output, verify: bool, images, threads)
         return path, None
     det = Detector(path, threads=threads)
     spec = graph_spec(model, bool(det.meta["arch_meta"].get("decoded_in_graph", True)))
-    report = VerifyReport(path=det.source)
+    report = VerifyReport(path=det.source, compare_detections=False)
     for image in images if images is not None else default_verify_images():
         rgb = npops.load_rgb(image)
         t = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0

@@ -1,6 +1,8 @@
 """Checkpoints: written atomically, read without executing pickled code."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
 import tempfile
@@ -15,18 +17,34 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    """torch.save to a temp file in the same folder, fsync, then rename: a crash (even SIGKILL) leaves
+    either the previous file or the new one, never a torn one. The object is serialised in memory first:
+    torch.save writing to a file that fails (disk full) reports a misleading "unexpected pos" error, while our
+    own write raises the OSError, which becomes a one-line CheckpointError naming the file; the previous
+    file is kept and the temp file removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        why = os.strerror(e.errno) if e.errno else str(e)
+        kept = "the previous one is kept" if path.exists() else "no earlier one exists"
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}"
+                              f"{' (' + errno.errorcode[e.errno] + ')' if e.errno in errno.errorcode else ''}; "
+                              f"{kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

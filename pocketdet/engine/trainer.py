@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,14 @@ from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger("pocketdet.train")
+
+# A run stopped by SIGTERM / SIGINT writes last.pt and returns {"interrupted": signal name}; the CLI then exits
+# with 128 + the signal number (143 for SIGTERM, 130 for Ctrl-C), as a shell reports a killed process.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the message says where and why, in one line."""
 
 
 @dataclass
@@ -47,12 +57,93 @@ def effective_lr(cfg: ZooCfg, world_size: int) -> float:
     return lr
 
 
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """The recipe's worker count (8 for most zoo entries, tuned for 8-GPU servers), capped at the CPUs this
+    process may use: more workers than cores only add contention and a torch warning per run."""
+    n = min(requested, available_cpus())
+    if n < requested:
+        log.info("data loader workers: %d (the recipe's %d capped at this machine's %d CPUs)", n, requested, n)
+    return n
+
+
+class _StopSignals:
+    """Turns the first SIGTERM / SIGINT into a request to stop at the end of the current iteration (with a
+    checkpoint); the default handler is restored at once, so a second signal stops the process immediately.
+    Installed only in the main thread (Python allows signal handlers nowhere else)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM / SIGINT: a signal sent to the whole process group (Ctrl-C, a
+    cluster's `scancel`) would otherwise kill them, and torch would raise "worker killed" in the main process
+    before it could write its checkpoint. The main process shuts them down when it stops."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _any_rank(flag: bool, world: int, device) -> bool:
+    """True on every rank when any rank says so (a signal reaches the ranks at different iterations)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item())
+
+
+def _nonfinite(losses: dict, loss: torch.Tensor, model, clip: float | None) -> str | None:
+    """None when the step may be applied, else what is not finite (loss terms or gradient norm). With
+    clipping, the norm is that of the unclipped gradients, which `clip_grad_norm_` returns anyway."""
+    if not torch.isfinite(loss):
+        return "loss terms " + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip else
+            torch.nn.utils.get_total_norm([p.grad for p in params]))
+    if not torch.isfinite(norm):
+        return f"gradient norm {float(norm)} (loss {float(loss.detach()):.4g})"
+    return None
+
+
 def checkpoint_state(model, cfg: ZooCfg, class_names, **extra) -> dict:
     return {"model": model.state_dict(), "config": cfg.model_dump(), "class_names": list(class_names), **extra}
 
 
 def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
-    """Trains and returns {"last": path, "best": path or None, "best_ap": float, "images_per_s": float}."""
+    """Trains and returns {"last": path, "best": path or None, "best_ap": float, "images_per_s": float,
+    "skipped_nonfinite": int}, plus "interrupted": signal name when SIGTERM / SIGINT stopped it early
+    (after writing last.pt). Raises TrainingError on a non-finite loss or gradient (unless
+    train.skip_nonfinite allows skipping the step) and CheckpointError when a checkpoint cannot be written."""
+    with _StopSignals() as signals:
+        return _train(cfg, train_dataset, opts, signals)
+
+
+def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals) -> dict:
     rank, world, local = dist_utils.init_from_env(opts.device)
     device = torch.device(f"cuda:{local}" if opts.device.startswith("cuda") and world > 1 else opts.device)
     main = rank == 0
@@ -69,8 +160,9 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     ema = ModelEMA(model, t.ema_decay) if t.ema_decay else None
-    start_iter, best_ap = 0, -1.0
     out = Path(opts.out_dir)
+    result = {"last": out / "last.pt", "best": None, "best_ap": -1.0, "images_per_s": 0.0, "skipped_nonfinite": 0}
+    start_iter = 0
     if opts.resume is not None:
         ck = load_checkpoint(opts.resume, map_location=device)
         if ck.get("config", {}).get("model") != cfg.model_dump()["model"]:
@@ -81,35 +173,45 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
         if ema is not None and ck.get("ema") is not None:
             ema.load_state_dict(ck["ema"])
         set_rng_state(ck["rng"])
-        start_iter, best_ap = int(ck["iteration"]), float(ck.get("best_ap", -1.0))
+        start_iter = int(ck["iteration"])
+        # the best AP and best.pt as of the checkpoint's own iteration (evaluation runs before last.pt is saved)
+        result["best_ap"] = float(ck.get("best_ap", -1.0))
+        result["best"] = Path(ck["best"]) if ck.get("best") else None
+        result["skipped_nonfinite"] = int(ck.get("skipped_nonfinite", 0))
         if main:
-            log.info("resumed from %s at iteration %d", opts.resume, start_iter)
+            log.info("resumed from %s at iteration %d (best AP so far %.4f)", opts.resume, start_iter,
+                     result["best_ap"])
     ddp_model = DDP(model, device_ids=[local] if device.type == "cuda" else None) if world > 1 else model
 
     dataset = opts.dataset_wrapper(train_dataset) if opts.dataset_wrapper else train_dataset
     transform = build_train_transforms(t.augment, model.input_size)
     loader = train_loader(dataset, transform, t.batch_size, t.seed, start_iter, t.schedule.max_iters,
-                          t.num_workers, rank, world, opts.collate_fn or collate_detection)
+                          loader_workers(t.num_workers), rank, world, opts.collate_fn or collate_detection)
+    loader.worker_init_fn = _ignore_stop_signals
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.pt.*.tmp"):  # a save cut short by SIGKILL / power loss (see save_atomic)
+            log.info("removing %s, left by an interrupted checkpoint save", stale)
+            stale.unlink(missing_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"))
-    result = {"last": out / "last.pt", "best": None, "best_ap": best_ap, "images_per_s": 0.0}
 
     def save(name: str, it: int, **extra):
         if not main:
             return
         state = checkpoint_state(model, cfg, train_dataset.class_names, optimizer=optimizer.state_dict(),
                                  scaler=scaler.state_dict(), ema=ema.state_dict() if ema else None,
-                                 iteration=it, rng=rng_state(), best_ap=result["best_ap"], **extra)
+                                 iteration=it, rng=rng_state(), best_ap=result["best_ap"],
+                                 best=str(result["best"]) if result["best"] else None,
+                                 skipped_nonfinite=result["skipped_nonfinite"], **extra)
         save_atomic(state, out / name)
 
     model.train()
     bar = tqdm(total=t.schedule.max_iters, initial=start_iter, desc=f"train {cfg.name}", disable=not (main and opts.progress),
                dynamic_ncols=True)
     seen, t0 = 0, time.perf_counter()
-    it = start_iter
+    it, skipped_in_a_row = start_iter, 0
     for images, targets in loader:
         set_lr(optimizer, lr_factor(it, t.schedule))
         images = [im.to(device, non_blocking=True) for im in images]
@@ -117,23 +219,41 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
         with torch.autocast(device.type, enabled=use_amp):
             losses = ddp_model(images, targets)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {it}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} }; lower the LR or check the data")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if t.optimizer.clip_grad_norm:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.optimizer.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            ema.update(model)
+        bad = None
+        if not torch.isfinite(loss):
+            bad = _nonfinite(losses, loss, model, None)
+        else:
+            scaler.scale(loss).backward()
+            if not use_amp:  # with AMP, GradScaler already skips steps whose gradients are not finite
+                bad = _nonfinite(losses, loss, model, t.optimizer.clip_grad_norm)
+            elif t.optimizer.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.optimizer.clip_grad_norm)
+        if _any_rank(bad is not None, world, device):
+            skipped_in_a_row += 1
+            result["skipped_nonfinite"] += 1
+            what = bad or "not finite on another rank"
+            if skipped_in_a_row > t.skip_nonfinite:
+                raise TrainingError(
+                    f"non-finite training step at iteration {it}: {what}; nothing was applied, last.pt holds "
+                    f"the last checkpoint. Lower the LR, check the data, or allow skipping with "
+                    f"--set train.skip_nonfinite=N" + (f" (already skipped {skipped_in_a_row - 1} in a row)"
+                                                       if t.skip_nonfinite else ""))
+            log.warning("iteration %d: skipped the step, %s (%d in a row, %d in this run; limit %d in a row)",
+                        it, what, skipped_in_a_row, result["skipped_nonfinite"], t.skip_nonfinite)
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            skipped_in_a_row = 0
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
         it += 1
         seen += len(images) * world
         if main:
             bar.update(1)
-            if it % t.log_interval == 0 or it == t.schedule.max_iters:
+            if bad is None and (it % t.log_interval == 0 or it == t.schedule.max_iters):
                 ips = seen / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
                                 img_s=f"{ips:.1f}")
@@ -142,10 +262,10 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
                     writer.add_scalar(f"train/{k}", v.item(), it)
                 writer.add_scalar("train/lr", optimizer.param_groups[-1]["lr"] / optimizer.param_groups[-1]["lr_mult"], it)
                 writer.add_scalar("train/images_per_s", ips, it)
-        stop = opts.stop_after is not None and it >= opts.stop_after
+        signalled = _any_rank(signals.received is not None, world, device)
+        stop = signalled or (opts.stop_after is not None and it >= opts.stop_after)
         last = it == t.schedule.max_iters
-        if last or stop or it % t.checkpoint_interval == 0:
-            save("last.pt", it)
+        # evaluate first, then save last.pt: the checkpoint then holds the best AP / best.pt as of its iteration
         if opts.eval_dataset is not None and (last or it % t.eval_interval == 0):
             if main:
                 eval_model = ema.module if ema is not None else model
@@ -161,6 +281,14 @@ def train(cfg: ZooCfg, train_dataset, opts: TrainOptions) -> dict:
                 result["last_metrics"] = stats
                 model.train()
             dist_utils.barrier()
+        if last or stop or it % t.checkpoint_interval == 0:
+            save("last.pt", it)
+        if signalled:
+            name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
+            result["interrupted"] = name
+            if main:
+                log.warning("%s at iteration %d: saved %s; continue with --resume %s", name, it, out / "last.pt",
+                            out / "last.pt")
         if stop:
             break
     bar.close()

@@ -1,0 +1,34 @@
+"""`--device` as users type it (auto, cpu, cuda, cuda:1, gpu), checked before any work starts."""
+from __future__ import annotations
+
+import torch
+
+
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine; the message says what is available."""
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is visible, else 'cpu'; 'gpu' is read as 'cuda'. Raises DeviceError
+    (one line) for an unknown name or a GPU that is not there, instead of a CUDA traceback mid-run."""
+    spec = name.strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "gpu" or spec.startswith("gpu:"):
+        spec = "cuda" + spec[3:]
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(f"--device {name!r}: unknown device (auto | cpu | cuda | cuda:N)") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise DeviceError(f"--device {name!r}: only cpu and cuda are supported (auto | cpu | cuda | cuda:N)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(f"--device {name!r}: no CUDA GPU is visible on this machine "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                          f"use --device cpu or --device auto")
+    if dev.index is not None and dev.index >= count:
+        raise DeviceError(f"--device {name!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return spec
