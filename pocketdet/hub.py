@@ -27,6 +27,7 @@ from .config import ConfigError, WeightsCfg, load_config
 from .convert.common import WeightConversionError, save_converted
 from .convert.paddle import convert_paddle
 from .convert.paddle_io import PaddleFormatError
+from .engine.checkpoint import CheckpointError
 
 log = logging.getLogger("pocketdet.hub")
 
@@ -36,8 +37,9 @@ CONVERTER_VERSION = 1
 TIMEOUT_S = 30.0
 
 
-class WeightsError(ValueError):
-    """Official weights that cannot be fetched or used; one line naming the URL or file and the fix."""
+class WeightsError(CheckpointError):
+    """Weights that cannot be fetched or used; one line naming the URL or file and the fix. A CheckpointError,
+    so every CLI verb that takes a model reports it as a user error."""
 
 
 def home() -> Path:
@@ -147,7 +149,8 @@ def converted_checkpoint(name: str, source: Path, digest: str, label: str) -> Pa
         model, report = convert_paddle(source, name)
     except (WeightConversionError, PaddleFormatError, ConfigError) as e:
         first = str(e).splitlines()[0]
-        raise WeightsError(f"{first} (is {source} the {name} weights? pass the right file with --weights PATH)")
+        raise WeightsError(f"{first} (is {source} the {name} weights? pass the right file with --weights PATH)") \
+            from None
     log.info("%s", report.summary())
     save_converted(model, out)  # atomic: temp file + rename
     return out
