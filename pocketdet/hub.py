@@ -142,7 +142,7 @@ def official_source(name: str, tag: str = "coco", progress: bool = True) -> tupl
 
 def converted_checkpoint(name: str, source: Path, digest: str, label: str) -> Path:
     """The pocketdet checkpoint of a Paddle file, converted once and cached under its sha256."""
-    out = home() / "converted" / f"{name}-{label}-{digest[:16]}-c{CONVERTER_VERSION}.pt"
+    out = home() / "converted" / f"{load_config(name).name}-{label}-{digest[:16]}-c{CONVERTER_VERSION}.pt"
     if out.is_file():
         return out
     try:
