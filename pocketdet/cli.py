@@ -274,13 +274,14 @@ def info(model: str = typer.Argument(..., help="zoo name, NAME:coco (official we
 
 @app.command()
 def zoo():
-    """List the zoo models with their published COCO box AP."""
+    """List the zoo models with their published COCO box AP and official weights (`NAME:coco`)."""
     from .config import load_config, zoo_names
 
     for name in zoo_names():
         cfg = load_config(name)
         ap = cfg.reference.get("box_ap")
-        typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}")
+        tags = f"  [weights: {', '.join(f'{name}:{t}' for t in cfg.weights)}]" if cfg.weights else ""
+        typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}{tags}")
 
 
 # -- convert: Paddle / torchvision weights -> pocketdet checkpoints --------------------------------------

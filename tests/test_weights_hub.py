@@ -219,3 +219,49 @@ def test_all_seed_rows_resolve_end_to_end(hub_env, tmp_path):
                 assert m.block_widths == widths
             del m
         assert sorted(srv.requests) == sorted(files)  # one request per file
+
+
+@pytest.mark.parametrize("verb", [["predict", "{m}", "x.jpg"], ["val", "{m}", "--data", "{y}"],
+                                  ["export", "{m}", "-o", "{t}/m.onnx"], ["info", "{m}"],
+                                  ["bench", "{m}", "--runtime", "torch", "--md", "{t}/b.md", "--png", ""],
+                                  ["quantize", "{m}", "--data", "{y}", "-o", "{t}/q.pt"],
+                                  ["prune", "{m}", "-o", "{t}/p.pt"],
+                                  ["distill", "--teacher", "{m}", "--student", "{m}", "--data", "{y}", "--iters", "1",
+                                   "-o", "{t}/d.pt"]])
+def test_every_model_verb_resolves_through_the_one_function(verb, monkeypatch, tmp_path, demo_yaml, data_dir):
+    """predict, val, export, info, bench, quantize, prune and distill all hand NAME:coco to
+    api.model_from_name_or_checkpoint (the one resolution function) and report its error in one line."""
+    from typer.testing import CliRunner
+
+    import pocketdet.api as api
+    from pocketdet.cli import app
+    from pocketdet.engine.checkpoint import CheckpointError
+    seen = []
+
+    def fake(spec):
+        seen.append(str(spec))
+        raise CheckpointError(f"sentinel: {spec}")
+    monkeypatch.setattr(api, "model_from_name_or_checkpoint", fake)
+    photo = str(data_dir / "coco128/images/val2017/000000000139.jpg")
+    args = [a.format(m="ssdlite_mnv3_small_320:coco", y=demo_yaml, t=tmp_path) for a in verb]
+    args = [photo if a == "x.jpg" else a for a in args]
+    r = CliRunner().invoke(app, args)
+    assert seen and seen[0] == "ssdlite_mnv3_small_320:coco", r.output
+    assert r.exit_code == 2 and "sentinel: ssdlite_mnv3_small_320:coco" in r.output and "Traceback" not in r.output
+
+
+def test_train_weights_coco_downloads_before_training_and_maps_rows(hub_env, small_model, small_bytes):
+    """`pocketdet train NAME --weights coco`: the file is fetched and converted when the option is read (before
+    any training), and the init hook maps the dataset's classes onto it."""
+    from pocketdet.cli import _weights_init
+    from pocketdet.engine.init_weights import class_rows
+    home, serve = hub_env
+    with serve({url_path("ssdlite_mnv3_small_320"): small_bytes}) as srv:
+        init = _weights_init("ssdlite_mnv3_small_320", "coco")
+        assert len(srv.requests) == 1
+    model = build("ssdlite_mnv3_small_320", class_names=["thing", "person"])
+    init(model)  # server gone: the hook needs nothing from the network
+    key = "ssd_head.scores2.pw_conv.weight"
+    g = class_rows(model)[key].groups
+    got, src = model.state_dict()[key].reshape(g, 3, -1), small_model.state_dict()[key].reshape(g, 81, -1)
+    assert torch.equal(got[:, 2], src[:, 1]) and torch.equal(got[:, 0], src[:, 0])  # person, background
