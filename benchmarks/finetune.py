@@ -16,7 +16,7 @@ re-initialised without name mapping (issue 14 §2). Writes the `<!-- finetune:st
 The schedule is tiny (the machine is a shared 2-core CPU): absolute AP is low and says nothing of the zoo's
 accuracy; the comparison between rows is the result. Larger --pre-iters / --iters for meaningful numbers:
 
-    OMP_NUM_THREADS=2 python benchmarks/finetune.py --pre-iters 300 --iters 100
+    OMP_NUM_THREADS=1 python benchmarks/finetune.py --pre-iters 150 --iters 50 --batch 4 --size 160
 """
 from __future__ import annotations
 
@@ -78,8 +78,11 @@ def pretrain_dataset(work: Path) -> YoloDetection:
 
 def schedule(args, iters: int) -> list[str]:
     """The same recipe for every run: AdamW, constant LR after a short warmup, plain resize (no augmentation:
-    it slows fitting at these budgets)."""
-    return ["train.augment=none", "train.optimizer.type=adamw", f"train.optimizer.lr={args.lr}",
+    it slows fitting at these budgets); --size below 320 scales the prior steps with the input (4x fewer FLOPs
+    at 160 on a shared CPU)."""
+    size = [] if args.size == 320 else [f"model.input_size={args.size}",
+                                        f"model.steps={[round(s * args.size / 320) for s in (16, 32, 64, 107, 160, 320)]}"]
+    return size + ["train.augment=none", "train.optimizer.type=adamw", f"train.optimizer.lr={args.lr}",
             "train.optimizer.weight_decay=1e-4", "train.scale_lr=false", f"train.batch_size={args.batch}",
             "train.schedule.type=constant", f"train.schedule.max_iters={iters}", "train.schedule.warmup_iters=10",
             "train.num_workers=0", f"train.eval_interval={10**9}", f"train.checkpoint_interval={iters}",
@@ -98,6 +101,7 @@ def main():
     ap.add_argument("--iters", type=int, default=100, help="fine-tuning iterations of each of the three runs")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--size", type=int, default=320, help="input size (320: the recipe's)")
     ap.add_argument("--pretrained", type=Path, default=None, help="reuse this 80-class checkpoint for step 1")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/finetune")
     ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -156,11 +160,11 @@ def markdown(args, rows, pre_s, n_ft, n_ho, seconds) -> str:
         "## Fine-tuning to a few classes (`benchmarks/finetune.py`)",
         "",
         f"`python benchmarks/finetune.py --pre-iters {args.pre_iters} --iters {args.iters} --batch {args.batch} "
-        f"--lr {args.lr}` ({time.strftime('%Y-%m-%d')}, {info['cpu']}, {torch.get_num_threads()} torch thread(s), "
+        f"--lr {args.lr} --size {args.size}` ({time.strftime('%Y-%m-%d')}, {info['cpu']}, {torch.get_num_threads()} torch thread(s), "
         f"load average at the end {load[0]:.1f} on {os.cpu_count()} logical cores: a shared, loaded machine; "
         f"total {seconds / 60:.0f} min).",
         "",
-        f"{MODEL}; classes {', '.join(CLASSES)}. The \"COCO checkpoint\" is "
+        f"{MODEL} at input {args.size}; classes {', '.join(CLASSES)}. The \"COCO checkpoint\" is "
         + (f"{args.pretrained} (reused)" if args.pretrained else
            f"trained here from random init for {args.pre_iters} iterations (batch {args.batch}, {pre_s / 60:.0f} "
            "min) on coco128's val photos with all 80 classes")

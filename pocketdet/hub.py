@@ -159,7 +159,11 @@ def converted_checkpoint(name: str, source: Path, digest: str, label: str) -> Pa
 def official_checkpoint(name: str, tag: str = "coco", progress: bool = True) -> Path:
     """A pocketdet checkpoint holding `name`'s official `tag` weights (download + convert on first use)."""
     src, digest = official_source(name, tag, progress)
-    return converted_checkpoint(name, src, digest, tag)
+    try:
+        return converted_checkpoint(name, src, digest, tag)
+    except WeightsError as e:  # e.g. an error page served as the file: drop it, the next call fetches again
+        src.unlink(missing_ok=True)
+        raise WeightsError(f"{e}; removed {src} from the cache") from None
 
 
 def paddle_file_checkpoint(name: str, path: str | Path) -> Path:
