@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pocketdet.api import build
 from pocketdet.cli import app
+from pocketdet.config import load_config
 from pocketdet.convert.paddle import paddle_static_arrays
 from pocketdet.convert.paddle_io import write_pdparams
 from pocketdet.engine.checkpoint import CheckpointError, save_atomic
@@ -32,7 +33,7 @@ def source_model(name: str):
 
 def fresh_target(name: str, classes=NEW, seed: int = 2):
     torch.manual_seed(seed)
-    return build_model(build(name).zoo_config.model, class_names=list(classes)).eval()
+    return build_model(load_config(name).model, class_names=list(classes)).eval()
 
 
 def blocks(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -94,13 +95,14 @@ def test_same_classes_load_everything_and_misfits_are_one_clear_error():
     tgt = fresh_target("ssdlite_mnv3_small_320", src.class_names)
     report = init_from_model(tgt, src, "coco.pt")
     assert not report.rebuilt and all(torch.equal(v, src.state_dict()[k]) for k, v in tgt.state_dict().items())
+    full = fresh_target("yolov3_mnv3_large_320")
     with pytest.raises(CheckpointError, match=r"big.pt: holds a ssdlite model; cannot initialise a yolov3"):
-        init_from_model(fresh_target("yolov3_mnv3_large_320"), src, "big.pt")
-    pruned = build_model({**build("yolov3_mnv3_large_320").zoo_config.model,
+        init_from_model(full, src, "big.pt")
+    pruned = build_model({**load_config("yolov3_mnv3_large_320").model,
                           "block_widths": [[128, 256, 128, 256, 128, 256], [64, 128, 64, 128, 64, 128],
                                            [16, 32, 16, 32, 16, 32]]}, class_names=NEW)
     with pytest.raises(CheckpointError) as e:
-        init_from_model(pruned, source_model("yolov3_mnv3_large_320"), "full.pt")
+        init_from_model(pruned, full, "full.pt")
     msg = str(e.value)
     assert "\n" not in msg and "shape mismatch" in msg and "only the classes may differ" in msg
 
@@ -147,7 +149,7 @@ def test_cli_train_weights_pdparams_logs_mapping(tmp_path, data_dir, caplog):
     with caplog.at_level(logging.INFO, logger="pocketdet"):
         r = CliRunner().invoke(app, ["train", "ssdlite_mnv3_small_320", "--data", str(data), "--weights", str(pd),
                                      "--out", str(out), "--iters", "1", "--batch-size", "2", "--workers", "0",
-                                     "--no-eval"])
+                                     "--no-eval", "--set", "train.augment=none"])
     assert r.exit_code == 0, r.output
     log = caplog.text
     assert "classes mapped by name (trained rows copied): person <- #0" in log
