@@ -97,7 +97,7 @@ def download(url: str, dst: Path, entry: WeightsCfg, progress: bool = True) -> s
     tmp = Path(tmp_name)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r, os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
                 total = r.headers.get("Content-Length")
                 total = int(total) if total and total.isdigit() else None
                 from tqdm import tqdm
@@ -112,6 +112,9 @@ def download(url: str, dst: Path, entry: WeightsCfg, progress: bool = True) -> s
                                    f"{_hand_placement(dst)}")
         except WeightsError:
             raise
+        except http.client.IncompleteRead as e:
+            raise WeightsError(f"{url}: download truncated ({len(e.partial)} bytes short read); retry, or "
+                               f"{_hand_placement(dst)}") from None
         except urllib.error.HTTPError as e:
             raise WeightsError(f"{url}: server refused the download (HTTP {e.code} {e.reason}); "
                                f"{_hand_placement(dst)}") from None
