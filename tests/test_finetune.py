@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import pocketdet
 from pocketdet.api import build
 from pocketdet.cli import app
 from pocketdet.config import load_config
@@ -173,3 +174,27 @@ def test_cli_train_weights_errors(tmp_path, data_dir):
     r = CliRunner().invoke(app, ["train", "yolov3_mnv3_large_320", "--data", str(data), "--weights", str(ck),
                                  "--iters", "1", "--out", str(tmp_path / "r"), "--workers", "0"])
     assert r.exit_code == 2 and "holds a ssdlite model" in r.output, r.output
+
+
+def test_mapped_rows_keep_detecting_on_real_photos(fitted_ckpt, tmp_path, data_dir):
+    """The committed fitted SSDLite (80 COCO classes, 8 real photos) projected onto [giraffe, person, widget]:
+    with name mapping it still finds the giraffes and persons (AP50 high, no training); with the class rows
+    re-initialised it does not. Inference only: no CPU-dependent training."""
+    from pocketdet.data.coco import CocoDetection
+    from pocketdet.engine.evaluate import evaluate
+
+    d = json.loads((fitted_ckpt.parent / "instances.json").read_text())
+    cats = [c for c in d["categories"] if c["name"] in ("giraffe", "person")]
+    cats.append({"id": 999, "name": "widget", "supercategory": "none"})  # a new class: no boxes on these photos
+    ids = {c["id"] for c in cats}
+    (tmp_path / "sub.json").write_text(json.dumps({"images": d["images"], "categories": cats, "annotations": [
+        a for a in d["annotations"] if a["category_id"] in ids]}))
+    names = ["giraffe", "person", "widget"]
+    ds = CocoDetection(data_dir / "coco128/images/train2017", tmp_path / "sub.json", names)
+    mapped = build("ssdlite_mnv3_small_320", class_names=names, weights=fitted_ckpt)
+    fitted = pocketdet.load(fitted_ckpt)
+    unmapped = build_model(fitted.zoo_config.model, class_names=names)
+    init_from_model(unmapped, fitted, str(fitted_ckpt), map_names=False)
+    ap_mapped = evaluate(mapped, ds, progress=False)["AP50"]
+    ap_unmapped = evaluate(unmapped.eval(), ds, progress=False)["AP50"]
+    assert ap_mapped >= 0.7 and ap_unmapped <= 0.4, (ap_mapped, ap_unmapped)  # measured 0.88 / 0.17
