@@ -160,7 +160,8 @@ def markdown(args, rows, pre_s, n_ft, n_ho, seconds) -> str:
         "## Fine-tuning to a few classes (`benchmarks/finetune.py`)",
         "",
         f"`python benchmarks/finetune.py --pre-iters {args.pre_iters} --iters {args.iters} --batch {args.batch} "
-        f"--lr {args.lr} --size {args.size}` ({time.strftime('%Y-%m-%d')}, {info['cpu']}, {torch.get_num_threads()} torch thread(s), "
+        f"--lr {args.lr} --size {args.size}` ({time.strftime('%Y-%m-%d')}, {info['cpu']} ({' '.join(info['flags'])}), "
+        f"{torch.get_num_threads()} torch thread(s), "
         f"load average at the end {load[0]:.1f} on {os.cpu_count()} logical cores: a shared, loaded machine; "
         f"total {seconds / 60:.0f} min).",
         "",
