@@ -68,8 +68,8 @@ def pretrain_dataset(work: Path) -> YoloDetection:
     for p in sorted((DATA / "coco128/images/val2017").glob("*.jpg")):
         if p.name in held_out:
             continue
-        for src, dst in ((p, img_dir / p.name),
-                         (DATA / "coco128/object_detection/labels/val2017" / f"{p.stem}.txt", lab_dir / f"{p.stem}.txt")):
+        label = DATA / "coco128/object_detection/labels/val2017" / f"{p.stem}.txt"
+        for src, dst in ((p, img_dir / p.name), (label, lab_dir / label.name)):
             if src.exists() and not dst.exists():
                 dst.symlink_to(src)
     names = load_dataset_yaml(DATA / "coco128.yaml").class_names()
@@ -80,8 +80,8 @@ def schedule(args, iters: int) -> list[str]:
     """The same recipe for every run: AdamW, constant LR after a short warmup, plain resize (no augmentation:
     it slows fitting at these budgets); --size below 320 scales the prior steps with the input (4x fewer FLOPs
     at 160 on a shared CPU)."""
-    size = [] if args.size == 320 else [f"model.input_size={args.size}",
-                                        f"model.steps={[round(s * args.size / 320) for s in (16, 32, 64, 107, 160, 320)]}"]
+    steps = [round(s * args.size / 320) for s in (16, 32, 64, 107, 160, 320)]
+    size = [] if args.size == 320 else [f"model.input_size={args.size}", f"model.steps={steps}"]
     return size + ["train.augment=none", "train.optimizer.type=adamw", f"train.optimizer.lr={args.lr}",
             "train.optimizer.weight_decay=1e-4", "train.scale_lr=false", f"train.batch_size={args.batch}",
             "train.schedule.type=constant", f"train.schedule.max_iters={iters}", "train.schedule.warmup_iters=10",

@@ -178,7 +178,8 @@ def val(
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, or (with --runtime onnx) an .onnx file"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, or "
+                                          "(with --runtime onnx) an .onnx file"),
     sources: list[str] = typer.Argument(..., help="image files, folders, glob patterns, .txt lists of images, "
                                                    "video files, or camera indices (0, /dev/video0)"),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for the annotated images / videos and JSON"),

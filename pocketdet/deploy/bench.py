@@ -184,8 +184,8 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
               on_model_done=None, int8_export=None, load_model=None) -> list[BenchRow]:
     """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
     pocketdet/zoo), or `NAME:coco` for official weights, loaded by `load_model(spec)` (deploy does not import
-    the API; `pocketdet bench` passes `api.model_from_name_or_checkpoint`). Runtimes of one (model, threads) run interleaved. With `trained_like`, weights are
-    made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
+    the API; `pocketdet bench` passes `api.model_from_name_or_checkpoint`). Runtimes of one (model, threads)
+    run interleaved. With `trained_like`, random weights are made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
     A runtime that fails to export or load a model becomes a row with the error as its note.
     `on_model_done(rows_so_far)` is called after each model (bench_command writes partial reports).
 
