@@ -5,11 +5,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, load_config, parse_config
+from .config import ConfigError, load_config, parse_config, zoo_names
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .models import build_model
 from .models.base import DetectionModel
-
 
 
 def coco_class_names() -> list[str]:
@@ -17,17 +16,67 @@ def coco_class_names() -> list[str]:
     return list(COCO_CLASSES)
 
 
-def build(name: str, num_classes: int = 80, class_names: list[str] | None = None) -> DetectionModel:
-    """A zoo model with random weights; COCO's 80 class names by default."""
-    cfg = load_config(name)
-    if class_names is None and num_classes == 80:
-        class_names = coco_class_names()
-    return build_model(cfg.model, num_classes=num_classes, class_names=class_names)
+def split_model_spec(spec: str | Path) -> tuple[str, str | None]:
+    """`NAME:WEIGHTS` -> (NAME, WEIGHTS) when NAME is a zoo name and `spec` is not an existing file;
+    anything else -> (spec, None). WEIGHTS is an official tag (`coco`) or a weight file."""
+    s = str(spec)
+    name, sep, weights = s.partition(":")
+    if sep and weights and name in zoo_names() and not Path(s).exists():
+        return name, weights
+    return s, None
+
+
+def weights_checkpoint(name: str, weights: str | Path) -> Path:
+    """A pocketdet checkpoint holding `weights` for zoo model `name`: an official tag from the zoo YAML
+    (`coco`: downloaded and converted once, `pocketdet.hub`), a pocketdet checkpoint, or a Paddle weight file
+    or persistables folder (converted once, cached under its hash)."""
+    from . import hub
+
+    p = Path(weights)
+    if p.suffix in (".pt", ".pth") or (p.is_file() and _is_torch_file(p)):
+        return p
+    if p.exists() or p.suffix in (".pdparams", ".pdparam", ".tar", ".gz"):
+        return hub.paddle_file_checkpoint(name, p)
+    return hub.official_checkpoint(name, str(weights))
+
+
+def _is_torch_file(p: Path) -> bool:
+    with p.open("rb") as f:
+        return f.read(2) == b"PK"  # torch.save's zip container
+
+
+def build(name: str, num_classes: int = 80, class_names: list[str] | None = None,
+          weights: str | Path | None = None) -> DetectionModel:
+    """A zoo model; COCO's 80 class names by default. weights=None: random init. weights="coco" (a tag of
+    the zoo YAML's `weights`), a checkpoint or a Paddle file: those weights, in eval mode; with other
+    class_names the class-dependent layers are rebuilt (classes whose name matches keep their trained rows,
+    `engine.init_weights`)."""
+    if weights is None:
+        cfg = load_config(name)
+        if class_names is None and num_classes == 80:
+            class_names = coco_class_names()
+        model = build_model(cfg.model, num_classes=num_classes, class_names=class_names)
+        model.zoo_config = cfg
+        return model
+    model = load(weights_checkpoint(name, weights))
+    arch = load_config(name).model["arch"]
+    if model.zoo_config.model["arch"] != arch:
+        raise CheckpointError(f"{weights}: holds a {model.zoo_config.model['arch']} model, not {name} ({arch})")
+    if class_names is not None and list(class_names) != list(model.class_names):
+        from .engine.init_weights import init_from_model
+        target = build_model(model.zoo_config.model, class_names=list(class_names))
+        init_from_model(target, model, str(weights))
+        target.zoo_config = model.zoo_config
+        model = target.eval()
+    return model
 
 
 def load(path: str | Path, map_location="cpu", use_ema: bool = True) -> DetectionModel:
     """The model saved in a pocketdet checkpoint (training, converted or quantized), in eval mode, with its
-    class names and post-processing settings."""
+    class names and post-processing settings. `NAME:coco` (zoo name + official weights tag) works too."""
+    name, weights = split_model_spec(path)
+    if weights is not None:
+        return build(name, weights=weights)
     ck = load_checkpoint(path, map_location)
     try:
         cfg = parse_config(ck["config"], f"{path} (embedded config)")
@@ -46,6 +95,12 @@ def load(path: str | Path, map_location="cpu", use_ema: bool = True) -> Detectio
 
 
 def model_from_name_or_checkpoint(spec: str | Path) -> DetectionModel:
+    """THE model resolution of every CLI verb: a pocketdet checkpoint (.pt/.pth or any existing file),
+    `NAME:WEIGHTS` (zoo name + official tag such as `coco`, or + a weight file), or a bare zoo name
+    (random weights); in eval mode."""
+    name, weights = split_model_spec(spec)
+    if weights is not None:
+        return build(name, weights=weights)
     p = Path(spec)
     if p.suffix in (".pt", ".pth") or p.is_file():
         return load(p)

@@ -60,6 +60,9 @@ def train(
     device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
     resume: Optional[str] = typer.Option(None, help="checkpoint to resume from, or 'auto' for <out>/last.pt"),
     pretrained: Optional[str] = typer.Option(None, help="backbone weights: path or URL (Paddle/torchvision/pocketdet)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="initialise the whole detector: coco (official "
+                                          "weights, downloaded once) | CKPT.pt | FILE.pdparams; other classes: "
+                                          "class layers rebuilt, classes with a trained name keep their rows"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip periodic evaluation"),
     set_: list[str] = typer.Option([], "--set", help="config override key=value, e.g. train.ema_decay=0.9998"),
 ):
@@ -88,7 +91,10 @@ def train(
         resume_path = (out_dir / "last.pt") if resume == "auto" else (Path(resume) if resume else None)
         if resume == "auto" and not resume_path.exists():
             resume_path = None
-        init_fn = _pretrained_init(pretrained) if pretrained else _frozen_norm_init(train_ds)
+        if weights and pretrained:
+            _fail("--weights initialises the whole detector, backbone included: drop --pretrained")
+        init_fn = (_weights_init(model, weights) if weights else
+                   _pretrained_init(pretrained) if pretrained else _frozen_norm_init(train_ds))
         hooks = _family_hooks(cfg)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
@@ -146,6 +152,19 @@ def _pretrained_init(src: str, min_fraction: float = 1 / 3):
     return init
 
 
+def _weights_init(model_spec: str, weights: str):
+    """Whole-detector init from `weights` (resolved, downloaded and converted now, before training starts);
+    class layers rebuilt when the dataset's classes differ (pocketdet/engine/init_weights.py)."""
+    from .api import load, weights_checkpoint
+    ckpt = weights_checkpoint(model_spec, weights)
+
+    def init(model):
+        from .engine.init_weights import init_from_model
+        report = init_from_model(model, load(ckpt), weights)
+        logging.getLogger("pocketdet.train").info("%s", report.summary())
+    return init
+
+
 def _frozen_norm_init(dataset, n: int = 16):
     """Without --pretrained, a model with frozen BN (Cascade R-CNN's backbone) gets its frozen statistics from
     the first `n` training photos (`calibrate_frozen_norm`): identity statistics on random weights make the
@@ -164,7 +183,7 @@ def _family_hooks(cfg) -> dict:
 
 @app.command()
 def val(
-    model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights) or zoo name"),
     data: Path = typer.Option(..., "--data", help="dataset YAML"),
     split: str = typer.Option("val", help="train | val | test"),
     batch_size: int = typer.Option(8, min=1, help="images per forward pass"),
@@ -193,7 +212,8 @@ def val(
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="checkpoint (.pt), zoo name, or (with --runtime onnx) an .onnx file"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, or "
+                                          "(with --runtime onnx) an .onnx file"),
     sources: list[str] = typer.Argument(..., help="image files, folders, glob patterns, .txt lists of images, "
                                                    "video files, or camera indices (0, /dev/video0)"),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for the annotated images / videos and JSON"),
@@ -283,7 +303,7 @@ def _predictor(model: str, runtime: str, threads: int):
 
 
 @app.command()
-def info(model: str = typer.Argument(..., help="zoo name or checkpoint"),
+def info(model: str = typer.Argument(..., help="zoo name, NAME:coco (official weights) or checkpoint"),
          size: Optional[int] = typer.Option(None, help="input size for FLOPs (default: the model's)")):
     """Parameter count and FLOPs."""
     from .api import count_flops, count_params, model_from_name_or_checkpoint
@@ -301,13 +321,14 @@ def info(model: str = typer.Argument(..., help="zoo name or checkpoint"),
 
 @app.command()
 def zoo():
-    """List the zoo models with their published COCO box AP."""
+    """List the zoo models with their published COCO box AP and official weights (`NAME:coco`)."""
     from .config import load_config, zoo_names
 
     for name in zoo_names():
         cfg = load_config(name)
         ap = cfg.reference.get("box_ap")
-        typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}")
+        tags = f"  [weights: {', '.join(f'{name}:{t}' for t in cfg.weights)}]" if cfg.weights else ""
+        typer.echo(f"{name:45s} AP {ap if ap is not None else '-':>5}  {cfg.description}{tags}")
 
 
 # -- convert: Paddle / torchvision weights -> pocketdet checkpoints --------------------------------------
@@ -366,7 +387,7 @@ def convert_torchvision_cmd(
 
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="checkpoint (.pt) or zoo name"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights) or zoo name"),
     format: str = typer.Option("onnx", "--format", help="onnx | ncnn, any case (ncnn needs the 'mobile' extra: "
                                                         "ncnn + pnnx)"),
     out: Path = typer.Option(..., "-o", "--out", help="output file (.onnx) or ncnn name (writes NAME.ncnn.param/.bin/.json)"),
@@ -393,7 +414,8 @@ def export(
 
 @app.command()
 def bench(
-    models: list[str] = typer.Argument(None, help="zoo names (default: every zoo model)"),
+    models: list[str] = typer.Argument(None, help="zoo names, or NAME:coco for official weights (default: every "
+                                       "zoo model, random weights made to look trained)"),
     runtime: list[str] = typer.Option(["torch", "onnxruntime", "ncnn"], "--runtime",
                                       help="torch | onnxruntime | ncnn | onnxruntime-int8 (PTQ int8, timed next to "
                                            "ONNX Runtime fp32); zoo "
@@ -411,6 +433,7 @@ def bench(
     """Batch-1 latency (median, p90) of zoo models in torch eager, ONNX Runtime and ncnn: prints the table and
     writes files only under --out (or to --md / --png when given)."""
     _setup_logging()
+    from .api import model_from_name_or_checkpoint
     from .compress.quant import bench_int8_export
     from .deploy.bench import bench_command
 
@@ -421,7 +444,8 @@ def bench(
     try:
         rows = bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
                              workdir=out, command=command, progress=typer.echo, merge=merge,
-                             int8_export=bench_int8_export)
+                             int8_export=bench_int8_export,
+                             load_model=model_from_name_or_checkpoint)
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
     typer.echo(rows_markdown(rows))
@@ -431,7 +455,7 @@ def bench(
 
 @app.command()
 def quantize(
-    model: str = typer.Argument(..., help="float checkpoint (.pt) or zoo name"),
+    model: str = typer.Argument(..., help="float checkpoint (.pt), NAME:coco (official weights) or zoo name"),
     method: str = typer.Option("ptq", "--method", help="ptq (calibrate only) | qat (fake-quant fine-tuning)"),
     data: Path = typer.Option(..., "--data", help="dataset YAML (QAT trains on its train split; PTQ calibrates "
                                                   "on it) or, for PTQ, a folder of images"),
@@ -474,7 +498,7 @@ def quantize(
 
 @app.command("prune")
 def prune_cmd(
-    model: str = typer.Argument(..., help="YOLOv3 checkpoint (.pt) or zoo name (random init)"),
+    model: str = typer.Argument(..., help="YOLOv3 checkpoint (.pt), NAME:coco or zoo name (random init)"),
     params: list[str] = typer.Option([], "--params", help="convs to prune: static Paddle names "
                                      "(yolo_block.0.0.0.conv.weights), module names or globs; comma-separated "
                                      "or repeated. Default: the seed's 18 head convs"),
@@ -505,8 +529,8 @@ def prune_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    teacher: str = typer.Option(..., "--teacher", help="teacher YOLOv3 checkpoint (e.g. YOLOv3-ResNet34)"),
-    student: str = typer.Option(..., "--student", help="student checkpoint (e.g. from `pocketdet prune`)"),
+    teacher: str = typer.Option(..., "--teacher", help="teacher YOLOv3 checkpoint (e.g. YOLOv3-ResNet34) or NAME:coco"),
+    student: str = typer.Option(..., "--student", help="student checkpoint (e.g. from `pocketdet prune`) or NAME:coco"),
     data: Path = typer.Option(..., "--data", help="dataset YAML (trains on its train split)"),
     iters: int = typer.Option(..., "--iters", help="training iterations"),
     out: Path = typer.Option(..., "-o", "--out", help="distilled checkpoint to write (.pt)"),

@@ -60,12 +60,26 @@ class TrainCfg(_Strict):
     extra: dict[str, Any] = {}       # family-specific training knobs (e.g. mixup_iters for YOLOv3)
 
 
+class WeightsCfg(_Strict):
+    """An official weight file of a zoo model (the timm pattern: the builder knows nothing of downloads;
+    `pocketdet.hub` fetches, checks and converts the file named here)."""
+    url: str
+    format: Literal["pdparams", "persistables-tar"]   # pickled fluid.save / paddle.save, or a tar of LoDTensors
+    converter: Literal["paddle"] = "paddle"
+    sha256: str | None = None        # None: not known (recorded offline); checked when given
+    size: int | None = None          # bytes; checked when given
+    box_ap: float | None = None      # the publisher's COCO val2017 box AP for this file
+    source: str = ""                 # where the URL is published
+    note: str = ""
+
+
 class ZooCfg(_Strict):
     name: str
     description: str = ""
     model: dict[str, Any]
     train: TrainCfg
     reference: dict[str, Any] = {}   # published numbers (AP, latency) for reports
+    weights: dict[str, WeightsCfg] = {}  # tag (e.g. "coco") -> official file: `pocketdet.load("NAME:coco")`
 
     @model_validator(mode="after")
     def _arch(self):

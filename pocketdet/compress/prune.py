@@ -220,18 +220,11 @@ def pruned_config(cfg_dict: dict, model: YOLOv3, suffix: str = "_pruned") -> dic
 
 def prune_checkpoint(source: str, out_path, patterns: list[str], ratios: list[float], criterion: str = "fpgm") -> dict:
     """CLI backend: prune a zoo model (random init) or a checkpoint and save a loadable checkpoint."""
-    from ..api import load
-    from ..config import load_config
+    from ..api import model_from_name_or_checkpoint
     from ..engine.checkpoint import save_atomic
 
-    p = Path(source)
-    if p.suffix in (".pt", ".pth") or p.is_file():
-        model = load(p)
-        cfg = model.zoo_config.model_dump()
-    else:
-        from ..api import build
-        model = build(source).eval()
-        cfg = load_config(source).model_dump()
+    model = model_from_name_or_checkpoint(source)  # a checkpoint, NAME:coco, or a zoo name (random init)
+    cfg = model.zoo_config.model_dump()
     report = prune(model, patterns, ratios, criterion)
     save_atomic({"model": model.state_dict(), "config": pruned_config(cfg, model, f"_prune_{criterion}"),
                  "class_names": list(model.class_names), "prune": report.as_dict()}, out_path)

@@ -41,8 +41,8 @@ from ..config import load_config
 from ..models import build_model
 from .common import ConversionReport, WeightConversionError, check_and_load, model_keys, save_converted
 from .paddle_io import PaddleFormatError, read_paddle_weights
-from .paddle_names import (IMAGENET_CLASSIFIER, OPTIMIZER_STATE, dygraph_to_static, mobilenetv3_to_static,
-                           to_paddle_dygraph)
+from .paddle_names import (IMAGENET_CLASSIFIER, OPTIMIZER_STATE, QAT_STATE, dygraph_to_static,
+                           mobilenetv3_to_static, to_paddle_dygraph)
 
 __all__ = ["convert_paddle", "save_converted", "load_backbone_weights", "PaddleFormatError",
            "WeightConversionError", "KNOWN_SHA256"]
@@ -169,6 +169,8 @@ def convert_paddle(path: str | Path, model_name: str, class_names: list[str] | N
             continue
         if _unused_backbone_layer(s, probe):
             report.ignored[s] = "backbone layer after the last feature tap (unused by the detector)"
+        elif QAT_STATE.search(s):
+            report.ignored[s] = "quantization-aware training scale/state (int8 ranges: `pocketdet quantize`)"
         else:
             unmapped.append(s)
     # Paddle Linear weights are [in, out]; torch's are [out, in]
@@ -210,6 +212,17 @@ def convert_paddle(path: str | Path, model_name: str, class_names: list[str] | N
         report.notes.append("static Paddle SSD: background already at class index 0")
     model.zoo_config = cfg.model_copy(update={"model": model_cfg}) if model_cfg != cfg.model else cfg
     return model.eval(), report
+
+
+def paddle_static_arrays(model) -> dict[str, np.ndarray]:
+    """The inverse mapping: a pocketdet detector's weights under static Paddle names, as the seed's files hold
+    them (background class first, Linear weights [in, out]). Writes test fixtures and mirrors."""
+    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    out = {}
+    for k, v in model_keys(model).items():
+        a = v.detach().cpu().numpy()
+        out[dygraph_to_static(to_paddle_dygraph(k))] = np.ascontiguousarray(a.T) if k in linear else a
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -245,6 +245,25 @@ def write_lod_tensor(path: str | Path, arr: np.ndarray) -> None:
     Path(path).write_bytes(lod_tensor_bytes(arr))
 
 
+def write_pdparams(arrays: dict[str, np.ndarray], path: str | Path, protocol: int = 2) -> Path:
+    """A `.pdparams` pickle of name -> array, as `fluid.save` wrote them (protocol 2)."""
+    path = Path(path)
+    path.write_bytes(pickle.dumps({k: np.ascontiguousarray(v) for k, v in arrays.items()}, protocol=protocol))
+    return path
+
+
+def write_persistables_tar(arrays: dict[str, np.ndarray], path: str | Path, folder: str = "model") -> Path:
+    """A tar of a persistables folder (one LoDTensor file per variable), as the seed's `.tar` links hold."""
+    path = Path(path)
+    with tarfile.open(path, "w") as tar:
+        for name, arr in arrays.items():
+            data = lod_tensor_bytes(arr)
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 # --------------------------------------------------------------------------------------------------
 # format detection
 # --------------------------------------------------------------------------------------------------

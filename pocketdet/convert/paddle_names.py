@@ -50,6 +50,12 @@ OPTIMIZER_STATE = re.compile(
     r"(?:_velocity_\d+|_moment\d_\d+|_beta\d_pow_acc_\d+|\.velocity|_fp32_master_\d+)$|"
     r"^(?:learning_rate(?:_\d+)?|@LR_DECAY_COUNTER@|@step_counter@|global_step|num_steps)$")
 
+# Quantization-aware-training state that PaddleSlim's static passes add to the program (the seed's *_quant.tar):
+# activation/weight scales `X.scale`, `X@scale`, `X.quant_dequant.scale`, their moving-average `state_N` /
+# `accum_N` (`scale_state@_N`), `.quantized` / `.dequantized` copies. Only tested on keys that map to nothing.
+QAT_STATE = re.compile(
+    r"[.@](?:scale|state|accum)(?:_\d+)?$|^(?:scale_)?(?:state|accum)@?_?\d+$|\.(?:quantized|dequantized|quant_dequant)$")
+
 
 def _conv_or_bn(tail: str, bn: dict[str, str], weights: str) -> str | None:
     if tail == "conv.weight":

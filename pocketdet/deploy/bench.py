@@ -181,10 +181,11 @@ def _runtime_available(rt: str) -> str | None:
 
 def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
               image=None, workdir="runs/bench", trained_like: bool = True, progress=print,
-              on_model_done=None, int8_export=None) -> list[BenchRow]:
+              on_model_done=None, int8_export=None, load_model=None) -> list[BenchRow]:
     """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
-    pocketdet/zoo). Runtimes of one (model, threads) run interleaved. With `trained_like`, weights are
-    made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
+    pocketdet/zoo), or `NAME:coco` for official weights, loaded by `load_model(spec)` (deploy does not import
+    the API; `pocketdet bench` passes `api.model_from_name_or_checkpoint`). Runtimes of one (model, threads)
+    run interleaved. With `trained_like`, random weights are made to look trained (`make_trained_like`) so post-processing sees a realistic number of candidates.
     A runtime that fails to export or load a model becomes a row with the error as its note.
     `on_model_done(rows_so_far)` is called after each model (bench_command writes partial reports).
 
@@ -211,16 +212,23 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
     rgb = npops.load_rgb(image)
     rows: list[BenchRow] = []
     calib = calibration_images() if trained_like else []
-    for name in models:
-        cfg = load_config(name)
+    for spec_name in models:
+        zoo_name, _, weights_tag = spec_name.partition(":")  # `NAME:coco`: real weights via load_model
+        name = spec_name.replace(":", "-")
+        cfg = load_config(zoo_name)
         recipe = cfg.train.extra.get("quant") if isinstance(cfg.train.extra, dict) else None
         model_runtimes = ("onnxruntime", INT8) if recipe else tuple(runtimes)
         if INT8 in model_runtimes and "onnxruntime" not in model_runtimes:
             # an int8 row means something only next to the fp32 graph timed in the same interleaved run
             model_runtimes = ("onnxruntime",) + model_runtimes
-        model = build_model(cfg.model).eval()
-        if trained_like:
-            make_trained_like(model, calib)
+        if weights_tag:
+            if load_model is None:
+                raise ValueError(f"{spec_name}: weights by name need a load_model (pocketdet bench passes one)")
+            model = load_model(spec_name).eval()
+        else:
+            model = build_model(cfg.model).eval()
+            if trained_like:
+                make_trained_like(model, calib)
         flops = dense_flops(model) / 1e9
         ap = cfg.reference.get("box_ap")
         backends, notes = {}, {}
@@ -392,7 +400,7 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
                   md=None, png=None, workdir="runs/bench", command: str = "",
-                  progress=print, merge: bool = False, int8_export=None) -> list[BenchRow]:
+                  progress=print, merge: bool = False, int8_export=None, load_model=None) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
     `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`; both
     default to files inside `workdir` (`BENCHMARKS.md`, `latency_vs_ap.png`), so nothing outside it is
@@ -436,5 +444,5 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
                             parent="deploy")
 
     run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
-              on_model_done=report, int8_export=int8_export)
+              on_model_done=report, int8_export=int8_export, load_model=load_model)
     return reported
