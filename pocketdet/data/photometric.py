@@ -68,12 +68,12 @@ def hue(x, delta):
     r, g, b = x.unbind(-3)
     mn, mx = torch.aminmax(x, dim=-3)
     chroma = mx - mn
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    h6 = torch.where(mx == r, (g - b) / safe, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    h6 = h6.unsqueeze_(-3) + delta * 6
+    inv = torch.where(chroma > 0, chroma, torch.ones_like(chroma)).reciprocal_()
+    h6 = torch.where(mx == r, g - b, torch.where(mx == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))
+    h6 = h6.mul_(inv).unsqueeze_(-3).add_(delta * 6)
     k = (torch.tensor(HUE_OFFSETS, dtype=x.dtype, device=x.device).view(3, 1, 1) + h6).remainder_(6)
     w = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return (mx.unsqueeze(-3) - chroma.unsqueeze(-3) * w).mul_(U8_SCALE).floor_()
+    return w.mul_(chroma.unsqueeze(-3)).neg_().add_(mx.unsqueeze(-3)).mul_(U8_SCALE).floor_()
 
 
 def apply_ops(x: torch.Tensor, ops, contrast_mean=None) -> torch.Tensor:

@@ -109,9 +109,8 @@ def transform_boxes(boxes: np.ndarray, g: Geometry, size: int) -> tuple[np.ndarr
     """Boxes (photo pixels, XYXY) into the output: shift, clip to the window, scale, flip, then drop what
     SanitizeBoundingBoxes(min_size=1) drops. Returns (boxes float32, index of the kept input boxes)."""
     b = boxes - np.array([g.x0, g.y0, g.x0, g.y0], np.float32)
-    b = np.clip(b, 0, np.array([g.w, g.h, g.w, g.h], np.float32))
+    b = np.clip(b * np.array([size / g.w, size / g.h, size / g.w, size / g.h], np.float32), 0, size)
     b[~g.keep] = 0
-    b = b * np.array([size / g.w, size / g.h, size / g.w, size / g.h], np.float32)
     if g.flip:
         b = np.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], 1)
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
@@ -129,7 +128,7 @@ def output_span(lo: int, hi: int, start: int, length: int, size: int) -> tuple[i
 
 def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.DistortParams,
            fill=IMAGENET_FILL) -> np.ndarray:
-    """The output image (HWC uint8, not yet flipped) for a uint8 [3,H,W] photo."""
+    """The output image (HWC uint8, flipped if g.flip) for a uint8 [3,H,W] photo."""
     h, w = photo.shape[-2:]
     ix0, iy0, ix1, iy1 = max(g.x0, 0), max(g.y0, 0), min(g.x0 + g.w, w), min(g.y0 + g.h, h)
     ox0, ox1 = output_span(ix0, ix1, g.x0, g.w, size)
@@ -156,6 +155,9 @@ def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.Dis
     src = Image.fromarray(np.ascontiguousarray(region.permute(1, 2, 0).numpy()))
     box = (box[0] - rx0, box[1] - ry0, box[2] - rx0, box[3] - ry0)
     resized = src.resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box, reducing_gap=None)
+    if g.flip:
+        resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
+        ox0, ox1 = size - ox1, size - ox0
     patch = out[oy0:oy1, ox0:ox1]
     patch[:] = np.asarray(resized)
     if distort.ops and not before:
@@ -178,9 +180,7 @@ class FastSSDAugment:
         distort = photometric.sample_distort()
         g = sample_geometry(photo.shape[-2], photo.shape[-1], boxes)
         out = render(photo, g, self.size, distort)
-        if g.flip:
-            out = out[:, ::-1]
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1))
+        image = tv_tensors.Image(torch.from_numpy(out).permute(2, 0, 1))
         new_boxes, kept = transform_boxes(boxes, g, self.size)
         result = dict(target)
         index = torch.from_numpy(kept)
