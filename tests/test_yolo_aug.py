@@ -90,6 +90,19 @@ def test_color_distort_ops_follow_paddle():
     assert len(orders) > 3  # random order
 
 
+def test_color_distort_composed_affine_equals_the_ops_in_order():
+    img = torch.rand(3, 16, 16) * 255
+    for s in range(6):
+        torch.manual_seed(s)
+        ops = ColorDistort(p=1.0).make_params([])["ops"]
+        ref = img
+        for name, delta in ops:
+            ref = getattr(ColorDistort, f"_{name}")(ref, delta)
+        mat, off = ColorDistort.composed(ops)
+        torch.testing.assert_close(torch.einsum("dc,chw->dhw", mat, img) + off.view(3, 1, 1), ref,
+                                   atol=1e-3, rtol=1e-5)
+
+
 def test_iou_crop_keeps_centred_boxes_and_skips_empty_images():
     crop = PaddleIoUCrop()
     for s in range(30):
