@@ -72,10 +72,12 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ks_failures(ref: dict, new: dict) -> dict[str, tuple[float, float]]:
-    """{statistic: (D, critical D)} for the statistics whose distributions differ at alpha = 0.001."""
+    """{statistic: (D, critical D)} for the statistics whose distributions differ at alpha = 0.001. Boxes of
+    one sample share its crop and scale, so per-box statistics count samples, not boxes, as independent
+    draws (the KS bound for boxes would be too tight)."""
     out = {}
     for k in PER_SAMPLE + PER_BOX:
-        n, m = len(ref[k]), len(new[k])
+        n, m = (len(ref["n_boxes"]), len(new["n_boxes"])) if k in PER_BOX else (len(ref[k]), len(new[k]))
         d, crit = ks_statistic(ref[k], new[k]), KS_C * np.sqrt((n + m) / (n * m))
         if d > crit:
             out[k] = (round(d, 3), round(crit, 3))
@@ -84,7 +86,11 @@ def ks_failures(ref: dict, new: dict) -> dict[str, tuple[float, float]]:
 
 @pytest.fixture(scope="module")
 def photos(data_dir):
-    return load_photos(data_dir)
+    # one thread, as in a DataLoader worker: per-image ops are too small to gain from more
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_photos(data_dir)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +106,15 @@ def test_fast_ssd_pipeline_draws_the_reference_distribution(photos, reference):
 
 
 def test_distribution_check_catches_a_wrong_pipeline(photos, reference, monkeypatch):
-    """Without the zoom-out and with a halved contrast range the same comparison fails."""
+    """Without the zoom-out and the photometric distortion the same comparison fails. (Its resolution, for
+    scale: a contrast range halved, or hue and saturation dropped, pass unnoticed at these sample sizes.)"""
     from pocketdet.data import photometric, ssd_aug
 
     monkeypatch.setattr(ssd_aug, "sample_zoom_out", lambda h, w, **_: (0, 0, w, h))
-    real = photometric.sample_distort
-    monkeypatch.setattr(photometric, "sample_distort", lambda **_: real(contrast=(0.75, 1.25)))
+    monkeypatch.setattr(photometric, "sample_distort", lambda **_: photometric.DistortParams([]))
     wrong = draw_statistics(FastSSDAugment(320), photos, NEW_SAMPLES // 2, seed0=20_000)
     failures = ks_failures(reference, wrong)
-    assert {"fill_fraction", "gray_std_ratio"} <= failures.keys(), failures
+    assert {"fill_fraction", "chroma_ratio"} <= failures.keys(), failures
 
 
 if __name__ == "__main__" and "--write-fixture" in sys.argv:

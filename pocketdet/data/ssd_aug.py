@@ -153,7 +153,9 @@ def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.Dis
     if before:
         region = photometric.apply_ops(region.float(), distort.ops, mean).to(torch.uint8)
     src = Image.fromarray(np.ascontiguousarray(region.permute(1, 2, 0).numpy()))
-    box = (box[0] - rx0, box[1] - ry0, box[2] - rx0, box[3] - ry0)
+    rw, rh = rx1 - rx0, ry1 - ry0
+    box = (min(max(box[0] - rx0, 0.0), rw), min(max(box[1] - ry0, 0.0), rh),
+           min(max(box[2] - rx0, 0.0), rw), min(max(box[3] - ry0, 0.0), rh))
     resized = src.resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box, reducing_gap=None)
     if g.flip:
         resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
