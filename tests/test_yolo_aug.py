@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from pocketdet.data.yolo_aug import (ColorDistort, MixupDataset, PaddleIoUCrop, RandomShapeCollate,
-                                     build_yolo_transforms, mixup_pair, train_hooks)
+                                     build_yolo_transforms, mixup_pair, train_hooks, with_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT / "data" / "coco128"
@@ -88,6 +88,14 @@ def test_color_distort_ops_follow_paddle():
         assert len(ops) == 4 and -18 <= dict(ops)["hue"] <= 18 and 0.5 <= dict(ops)["contrast"] <= 1.5
         orders.add(tuple(n for n, _ in ops))
     assert len(orders) > 3  # random order
+
+
+def test_keep_first_boxes_keeps_bounding_boxes_type():
+    """Photos with more than 50 GTs (coco128 has some) went on with plain tensors, and the sanitising step
+    after it raised 'No bounding boxes were found'."""
+    img, t = sample(100, 100, boxes=[[1.0, 1.0, 20.0, 20.0]] * 60, labels=[0] * 60)
+    img, t = build_yolo_transforms()(img, with_scores(t, 1.0))
+    assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and len(t["boxes"]) <= 50
 
 
 def test_color_distort_composed_affine_equals_the_ops_in_order():

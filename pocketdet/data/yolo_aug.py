@@ -263,6 +263,8 @@ class KeepFirstBoxes(v2.Transform):
         for k in ("boxes", "labels", "scores"):
             if k in target:
                 target[k] = target[k][: self.max_boxes]
+        # slicing unwraps tv_tensors: the boxes must stay BoundingBoxes for the steps after this one
+        target["boxes"] = tv_tensors.wrap(target["boxes"], like=sample[1]["boxes"])
         return image, target
 
 
