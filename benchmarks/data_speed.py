@@ -85,10 +85,30 @@ def collate_model_resize(batch):
     return torch.stack(images), [t for _, t in batch]
 
 
-def pipelines(ds) -> dict:
+def family_rows(yolo, rcnn, ds, tag: str) -> dict:
+    """The YOLO and R-CNN rows, for the given modules (this tree's, or an earlier version's)."""
+    yolo_ds = yolo.MixupDataset(ds, 1.5, 1.5, until_position=10**12)
+    return {
+        f"yolo{tag} (mixup + distort/expand/crop + multi-scale)": (yolo_ds, yolo.build_yolo_transforms(),
+                                                                   yolo.RandomShapeCollate()),
+        f"rcnn{tag} (flip + multi-scale 224-384, max 512)": (
+            ds, rcnn.build_rcnn_transforms(), rcnn.RCNNMultiScaleCollate([224, 256, 288, 320, 352, 384], 512)),
+    }
+
+
+def earlier_version(path: str):
+    """(yolo_aug, rcnn_aug) of an earlier pocketdet tree, e.g. `git archive <commit> pocketdet | tar -x -C DIR`
+    and then DIR/pocketdet renamed DIR/pocketdet_before."""
+    import importlib
+
+    sys.path.insert(0, path)
+    return (importlib.import_module("pocketdet_before.data.yolo_aug"),
+            importlib.import_module("pocketdet_before.data.rcnn_aug"))
+
+
+def pipelines(ds, before: str | None = None) -> dict:
     """name -> (dataset, per-sample transform, collate). Datasets index by (stream position, photo)."""
-    yolo_ds = yolo_aug.MixupDataset(ds, 1.5, 1.5, until_position=10**12)
-    rcnn_collate = rcnn_aug.RCNNMultiScaleCollate([224, 256, 288, 320, 352, 384], 512)
+    old_families = family_rows(*earlier_version(before), ds, " (before)") if before else {}
     return {
         "ssd (before: torchvision v2 steps)": (ds, ssd_reference_transforms(SIZE), collate_detection),
         "ssd (now: ssd_aug.FastSSDAugment)": (ds, ssd_train_transforms(SIZE), collate_detection),
@@ -96,13 +116,12 @@ def pipelines(ds) -> dict:
                                           gpu_aug.collate_encoded),
         "torchvision preset `ssd`": (ds, torchvision_preset("ssd"), collate_model_resize),
         "torchvision preset `ssdlite`": (ds, torchvision_preset("ssdlite"), collate_model_resize),
-        "yolo (mixup + distort/expand/crop + multi-scale)": (yolo_ds, yolo_aug.build_yolo_transforms(),
-                                                             yolo_aug.RandomShapeCollate()),
-        "rcnn (flip + multi-scale 224-384, max 512)": (ds, rcnn_aug.build_rcnn_transforms(), rcnn_collate),
+        **old_families,
+        **family_rows(yolo_aug, rcnn_aug, ds, " (now)" if before else ""),
     }
 
 
-def run(rounds: int, only: list[str] | None) -> dict[str, dict[str, float]]:
+def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, dict[str, float]]:
     ds = CocoDetection(ROOT / "data/coco128/images/train2017",
                        ROOT / "data/coco128/annotations/instances_train2017.json")
     # photos without boxes are left out: torchvision's RandomIoUCrop loops for ever on them (its references
@@ -111,12 +130,13 @@ def run(rounds: int, only: list[str] | None) -> dict[str, dict[str, float]]:
              if len(ds.records[i].boxes)]
     per_batch: dict[str, list[dict]] = defaultdict(list)
     made = {}
-    for name, (base, transform, collate) in pipelines(ds).items():
+    for name, (base, transform, collate) in pipelines(ds, before).items():
         if only and not any(o in name for o in only):
             continue
         bucket: dict = defaultdict(float)
-        inner = Timed(base.base if isinstance(base, yolo_aug.MixupDataset) else base, bucket, "decode")
-        if isinstance(base, yolo_aug.MixupDataset):
+        mixup = hasattr(base, "alpha")  # a MixupDataset (this tree's or an earlier one's)
+        inner = Timed(base.base if mixup else base, bucket, "decode")
+        if mixup:
             base.base = inner
             outer = Timed(base, bucket, "decode+mixup")
         else:
@@ -167,10 +187,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="training input pipeline speed per core")
     ap.add_argument("--rounds", type=int, default=12, help="batches per pipeline (after one warm-up batch)")
     ap.add_argument("--only", nargs="*", help="substrings of the pipeline names to run")
+    ap.add_argument("--before", help="folder holding an earlier tree as `pocketdet_before` (see earlier_version): "
+                                     "adds its YOLO and R-CNN pipelines as 'before' rows")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    res = run(args.rounds, args.only)
+    res = run(args.rounds, args.only, args.before)
     text = render(res, args.rounds, machine_info(), ("python benchmarks/data_speed.py " + " ".join(sys.argv[1:])).strip())
     print(text)
     if not args.no_write:
