@@ -102,8 +102,10 @@ def earlier_version(path: str):
     import importlib
 
     sys.path.insert(0, path)
-    return (importlib.import_module("pocketdet_before.data.yolo_aug"),
-            importlib.import_module("pocketdet_before.data.rcnn_aug"))
+    yolo = importlib.import_module("pocketdet_before.data.yolo_aug")
+    # its KeepFirstBoxes crashed the next step on photos with > 50 boxes: today's fixed one stands in
+    yolo.KeepFirstBoxes = yolo_aug.KeepFirstBoxes
+    return yolo, importlib.import_module("pocketdet_before.data.rcnn_aug")
 
 
 def pipelines(ds, before: str | None = None) -> dict:
