@@ -179,6 +179,14 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
         rel = f"{r['images_per_s'] / tv:.2f}x" if tv else "-"
         lines.append(f"| {name} | {r['decode']:.1f} | {r['augment']:.1f} | {r['collate']:.1f} | {r['total']:.1f} | "
                      f"{r['images_per_s']:.1f} | {rel} |")
+    before, now = res.get("ssd (before: torchvision v2 steps)"), res.get("ssd (now: ssd_aug.FastSSDAugment)")
+    lite = res.get("torchvision preset `ssdlite`")
+    if before and now:
+        lines += ["", f"`ssd` now vs before: {before['total'] / now['total']:.2f}x per image, "
+                  f"{before['augment'] / now['augment']:.2f}x on the augmentation alone"
+                  + (f"; vs torchvision's `ssdlite` preset (crop + flip only): {lite['total'] / now['total']:.2f}x"
+                     if lite else "") + ". What bounds it: the PIL decode, the same for every row, is "
+                  f"{now['decode'] / now['total']:.0%} of the new pipeline's time."]
     if any("(before)" in name for name in res):
         lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work (`git archive <commit> "
                   "pocketdet`, passed with `--before`), with today's KeepFirstBoxes (the earlier one crashed on photos "
