@@ -188,8 +188,8 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
                      if lite else "") + ". What bounds it: the PIL decode, the same for every row, is "
                   f"{now['decode'] / now['total']:.0%} of the new pipeline's time."]
     if any("(before)" in name for name in res):
-        lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work (`git archive <commit> "
-                  "pocketdet`, passed with `--before`), with today's KeepFirstBoxes (the earlier one crashed on photos "
+        lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work "
+                  "(`git archive <commit> pocketdet`, passed with `--before`), with today's KeepFirstBoxes (the earlier one crashed on photos "
                   "with more than 50 boxes). The YOLO batch size and interpolation are drawn per batch, and the two "
                   "versions consume the random stream differently, so their collate columns compare different draws."]
     lines += ["", "*device path: worker part*: what a DataLoader worker does when the `ssd` augmentation runs on the "
@@ -208,7 +208,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     res = run(args.rounds, args.only, args.before)
-    text = render(res, args.rounds, machine_info(), ("python benchmarks/data_speed.py " + " ".join(sys.argv[1:])).strip())
+    command = ("python benchmarks/data_speed.py " + " ".join(sys.argv[1:])).strip()
+    text = render(res, args.rounds, machine_info(), command)
     print(text)
     if not args.no_write:
         replace_section(ROOT / "BENCHMARKS.md", "data_speed", text)

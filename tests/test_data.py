@@ -205,7 +205,8 @@ def test_fast_ssd_handles_tiny_and_boxless_photos():
 
 @pytest.fixture(scope="module")
 def coco128_train(data_dir):
-    return CocoDetection(data_dir / "coco128/images/train2017", data_dir / "coco128/annotations/instances_train2017.json")
+    root = data_dir / "coco128"
+    return CocoDetection(root / "images/train2017", root / "annotations/instances_train2017.json")
 
 
 def test_device_ssd_path_matches_the_cpu_pipeline(coco128_train):

@@ -16,7 +16,6 @@ shrinking, a box filter over bilinear taps, where PIL's antialiased bilinear use
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg

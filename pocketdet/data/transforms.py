@@ -1,8 +1,9 @@
 """Training augmentation pipelines, and the reference `ssd` pipeline on torchvision transforms.v2 steps.
 
 `ssd` trains with ssd_aug.FastSSDAugment; `ssd_reference_transforms` below is the step-by-step version it was
-checked against (tests/test_aug_distribution.py, benchmarks/data_speed.py). All randomness is drawn from torch's global RNG, which the loader seeds per sample (see loader.py), so a
-resumed run sees exactly the same augmented images as an uninterrupted one.
+checked against (tests/test_aug_distribution.py, benchmarks/data_speed.py). All randomness is drawn from
+torch's global RNG, which the loader seeds per sample (see loader.py), so a resumed run sees exactly the same
+augmented images as an uninterrupted one.
 """
 from __future__ import annotations
 
