@@ -189,9 +189,10 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
                   f"{now['decode'] / now['total']:.0%} of the new pipeline's time."]
     if any("(before)" in name for name in res):
         lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work "
-                  "(`git archive <commit> pocketdet`, passed with `--before`), with today's KeepFirstBoxes (the "
-                  "earlier one crashed on photos with more than 50 boxes). The YOLO batch size and interpolation "
-                  "are drawn per batch, and the two versions consume the random stream differently, so their collate columns compare different draws."]
+                  "(`git archive <commit> pocketdet`, passed with `--before`), with today's KeepFirstBoxes "
+                  "(the earlier one crashed on photos with more than 50 boxes). The YOLO batch size and "
+                  "interpolation are drawn per batch, and the two versions consume the random stream "
+                  "differently, so their collate columns compare different draws."]
     lines += ["", "*device path: worker part*: what a DataLoader worker does when the `ssd` augmentation runs on the "
               "GPU (data/gpu_aug.py): read the file's bytes, draw the sample's parameters and move its boxes; "
               "the decode column is the file read. The pixels are decoded and augmented batched on the device."]
