@@ -187,11 +187,12 @@ def test_stream_sampler_shards_the_global_batch():
 
 
 def test_fast_ssd_handles_tiny_and_boxless_photos():
-    """Photos of a few pixels (the crop search finds no window of >= 1 pixel) and photos without boxes."""
+    """Photos of a few pixels or very elongated (no crop fits: no crop, as the reference) and without boxes."""
     from torchvision import tv_tensors
 
     aug = ssd_train_transforms(320)
-    for h, w, boxes in [(1, 1, [[0.0, 0.0, 1.0, 1.0]]), (2, 3, [[0.0, 0.0, 3.0, 2.0]]), (40, 60, [])]:
+    for h, w, boxes in [(1, 1, [[0.0, 0.0, 1.0, 1.0]]), (2, 3, [[0.0, 0.0, 3.0, 2.0]]), (40, 60, []),
+                        (20, 4000, [[10.0, 2.0, 300.0, 18.0]])]:  # a panorama no crop's aspect fits
         img = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
         target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4), format="XYXY",
                                                     canvas_size=(h, w)),

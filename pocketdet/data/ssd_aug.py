@@ -66,8 +66,8 @@ def sample_iou_crop(cw: int, ch: int, boxes: np.ndarray, thresholds=IOU_THRESHOL
     """torchvision RandomIoUCrop's search with its trials vectorised: pick a threshold, draw `trials` crops
     (independent w/h scales, position), take the first whose boxes-with-centre-inside include one with
     IoU >= threshold; else pick a threshold again. Returns (left, top, w, h, keep) or None (no boxes)."""
-    if len(boxes) == 0:
-        return None
+    if len(boxes) == 0 or min(cw, ch) * scale[0] < 1 or not aspect[0] * scale[0] <= cw / ch <= aspect[1] / scale[0]:
+        return None  # as the reference (IoUCropIfBoxes): no crop fits a photo this small or this elongated
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     for _ in range(MAX_CROP_ROUNDS):
