@@ -184,3 +184,65 @@ def test_stream_sampler_shards_the_global_batch():
     stream = [i for it in range(5) for _, i in one.batch(it)]  # 20 draws = 2 epochs
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert list(StreamBatchSampler(10, 4, seed=1, start_iter=3, max_iters=5)) == [one.batch(3), one.batch(4)]
+
+
+def test_fast_ssd_handles_tiny_and_boxless_photos():
+    """Photos of a few pixels or very elongated (no crop fits: no crop, as the reference) and without boxes."""
+    from torchvision import tv_tensors
+
+    aug = ssd_train_transforms(320)
+    for h, w, boxes in [(1, 1, [[0.0, 0.0, 1.0, 1.0]]), (2, 3, [[0.0, 0.0, 3.0, 2.0]]), (40, 60, []),
+                        (20, 4000, [[10.0, 2.0, 300.0, 18.0]])]:  # a panorama no crop's aspect fits
+        img = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+        target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4), format="XYXY",
+                                                    canvas_size=(h, w)),
+                  "labels": torch.zeros(len(boxes), dtype=torch.long), "image_id": 1}
+        for seed in range(6):
+            torch.manual_seed(seed)
+            out, t = aug(img, target)
+            assert out.shape == (3, 320, 320) and out.dtype == torch.uint8
+            assert len(t["boxes"]) == len(t["labels"]) <= len(boxes)
+
+
+@pytest.fixture(scope="module")
+def coco128_train(data_dir):
+    root = data_dir / "coco128"
+    return CocoDetection(root / "images/train2017", root / "annotations/instances_train2017.json")
+
+
+def test_device_ssd_path_matches_the_cpu_pipeline(coco128_train):
+    """The batched (GPU) path run on CPU tensors: same boxes as the CPU pipeline for the same seeds (the
+    workers draw the same parameters), pixels within a few grey levels (roi_align's box filter vs PIL's
+    triangle filter when shrinking)."""
+    from pocketdet.data import gpu_aug
+
+    hooks = gpu_aug.train_hooks(320)
+    encoded = SeededTransformDataset(hooks["dataset_wrapper"](coco128_train), hooks["transform"], seed=5)
+    cpu = SeededTransformDataset(coco128_train, ssd_train_transforms(320), seed=5)
+    keys = [(pos, pos * 7 % len(coco128_train)) for pos in (0, 3, 5, 12)]
+    images, targets = hooks["batch_transform"](*hooks["collate_fn"]([encoded[k] for k in keys]), "cpu")
+    assert images.shape == (4, 3, 320, 320) and images.dtype == torch.float32
+    diffs = []
+    for img, t, key in zip(images, targets, keys):
+        ref_img, ref_t = cpu[key]
+        assert torch.equal(t["boxes"], ref_t["boxes"].as_subclass(torch.Tensor))
+        assert torch.equal(t["labels"], ref_t["labels"]) and t["image_id"] == ref_t["image_id"]
+        diffs.append(float((img * 255 - ref_img.float()).abs().mean()))
+    assert max(diffs) < 6 and sum(diffs) / len(diffs) < 3, diffs
+
+
+def test_device_augmentation_plugs_into_the_training_loop(tiny_coco, tmp_path):
+    from pocketdet.config import apply_overrides, load_config
+    from pocketdet.data import gpu_aug
+    from pocketdet.engine.trainer import TrainOptions, train
+
+    img_dir, ann_file, _ = tiny_coco
+    cfg = apply_overrides(load_config("ssdlite_mnv3_small_320"),
+                          ["train.schedule.max_iters=1", "train.schedule.warmup_iters=1", "train.batch_size=2",
+                           "train.num_workers=0", "train.checkpoint_interval=1"])
+    seen = []
+    hooks = gpu_aug.train_hooks(320)
+    device_aug = hooks["batch_transform"]
+    hooks["batch_transform"] = lambda images, targets, device: seen.append(1) or device_aug(images, targets, device)
+    result = train(cfg, CocoDetection(img_dir, ann_file), TrainOptions(out_dir=tmp_path, progress=False, **hooks))
+    assert result["last"].exists() and len(seen) == 1

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from pocketdet.data.yolo_aug import (ColorDistort, MixupDataset, PaddleIoUCrop, RandomShapeCollate,
-                                     build_yolo_transforms, mixup_pair, train_hooks)
+                                     build_yolo_transforms, mixup_pair, train_hooks, with_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT / "data" / "coco128"
@@ -88,6 +88,75 @@ def test_color_distort_ops_follow_paddle():
         assert len(ops) == 4 and -18 <= dict(ops)["hue"] <= 18 and 0.5 <= dict(ops)["contrast"] <= 1.5
         orders.add(tuple(n for n, _ in ops))
     assert len(orders) > 3  # random order
+
+
+def _paddle_crop_loop(crop, h, w, boxes):
+    """Paddle's crop search attempt by attempt (as yolo_aug had it), on the same random numbers as the
+    vectorised version: per threshold, attempt i uses row i of one rand(num_attempts, 4) draw."""
+    from torchvision.ops import box_iou
+
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    for i in torch.randperm(len(crop.thresholds)).tolist():
+        thresh = crop.thresholds[i]
+        if thresh is None:
+            return {}
+        u = torch.rand(crop.num_attempts, 4, dtype=torch.float64).tolist()
+        for u0, u1, u2, u3 in u:
+            scale = crop.scaling[0] + (crop.scaling[1] - crop.scaling[0]) * u0
+            lo, hi = max(crop.aspect_ratio[0], scale ** 2), min(crop.aspect_ratio[1], scale ** -2)
+            ar = lo + (hi - lo) * u1
+            ch, cw = int(h * scale / ar ** 0.5), int(w * scale * ar ** 0.5)
+            if ch < 1 or cw < 1:
+                continue
+            top, left = int(u2 * max(h - ch, 1)), int(u3 * max(w - cw, 1))
+            box = torch.tensor([[left, top, left + cw, top + ch]], dtype=boxes.dtype)
+            if box_iou(boxes, box).max() < thresh:
+                continue
+            inside = ((centres >= box[0, :2]) & (centres < box[0, 2:])).all(1)
+            clipped = torch.cat([boxes[:, :2].maximum(box[0, :2]), boxes[:, 2:].minimum(box[0, 2:])], 1)
+            inside &= (clipped[:, :2] < clipped[:, 2:]).all(1)
+            if inside.any():
+                return dict(top=top, left=left, height=ch, width=cw, is_within_crop_area=inside)
+    return {}
+
+
+def test_vectorised_iou_crop_takes_the_attempt_the_loop_takes():
+    crop = PaddleIoUCrop()
+    found = 0
+    for s in range(40):
+        img, t = sample(90 + s, 160 - s, boxes=[[5.0 + s, 8.0, 40.0 + s, 50.0], [60.0, 30.0, 70.0, 38.0]])
+        torch.manual_seed(s)
+        got = crop.make_params([img, t["boxes"]])
+        torch.manual_seed(s)
+        want = _paddle_crop_loop(crop, img.shape[-2], img.shape[-1], t["boxes"].as_subclass(torch.Tensor).float())
+        assert got.keys() == want.keys()
+        if want:
+            found += 1
+            assert {k: v for k, v in got.items() if k != "is_within_crop_area"} == \
+                {k: v for k, v in want.items() if k != "is_within_crop_area"}
+            assert torch.equal(got["is_within_crop_area"], want["is_within_crop_area"])
+    assert found > 20
+
+
+def test_keep_first_boxes_keeps_bounding_boxes_type():
+    """Photos with more than 50 GTs (coco128 has some) went on with plain tensors, and the sanitising step
+    after it raised 'No bounding boxes were found'."""
+    img, t = sample(100, 100, boxes=[[1.0, 1.0, 20.0, 20.0]] * 60, labels=[0] * 60)
+    img, t = build_yolo_transforms()(img, with_scores(t, 1.0))
+    assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and len(t["boxes"]) <= 50
+
+
+def test_color_distort_composed_affine_equals_the_ops_in_order():
+    img = torch.rand(3, 16, 16) * 255
+    for s in range(6):
+        torch.manual_seed(s)
+        ops = ColorDistort(p=1.0).make_params([])["ops"]
+        ref = img
+        for name, delta in ops:
+            ref = getattr(ColorDistort, f"_{name}")(ref, delta)
+        mat, off = ColorDistort.composed(ops)
+        torch.testing.assert_close(torch.einsum("dc,chw->dhw", mat, img) + off.view(3, 1, 1), ref,
+                                   atol=1e-3, rtol=1e-5)
 
 
 def test_iou_crop_keeps_centred_boxes_and_skips_empty_images():

@@ -62,9 +62,12 @@ class RCNNMultiScaleCollate:
             short = self.short_sizes[min(int(u * len(self.short_sizes)), len(self.short_sizes) - 1)]
             s = rcnn_scale(h, w, short, self.max_size)
             nh, nw = max(1, round(h * s)), max(1, round(w * s))
-            x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            x = img if img.dtype == torch.uint8 else img.float().mul(255.0)
             if (nh, nw) != (h, w):
-                x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+                # uint8 channels-last bilinear (torch's fast kernel) on uint8 input: no full-size float copy;
+                # values rounded to the uint8 grid, within 1/255 of the float result
+                x = F.interpolate(x[None].contiguous(memory_format=torch.channels_last), size=(nh, nw),
+                                  mode="bilinear", align_corners=False)[0]
             boxes = t["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
             boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
             out = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v)
@@ -78,7 +81,7 @@ class RCNNMultiScaleCollate:
         padded = torch.zeros((len(images), 3, hp, wp))
         for p, x in zip(padded, images):
             p[:, : x.shape[-2], : x.shape[-1]] = x
-        return padded, targets
+        return padded.div_(255.0), targets
 
 
 def train_hooks(cfg) -> dict:

@@ -1,7 +1,9 @@
-"""Training augmentation pipelines on torchvision transforms.v2 + tv_tensors.
+"""Training augmentation pipelines, and the reference `ssd` pipeline on torchvision transforms.v2 steps.
 
-All randomness is drawn from torch's global RNG, which the loader seeds per sample (see loader.py), so a
-resumed run sees exactly the same augmented images as an uninterrupted one.
+`ssd` trains with ssd_aug.FastSSDAugment; `ssd_reference_transforms` below is the step-by-step version it was
+checked against (tests/test_aug_distribution.py, benchmarks/data_speed.py). All randomness is drawn from
+torch's global RNG, which the loader seeds per sample (see loader.py), so a resumed run sees exactly the same
+augmented images as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_FILL = (124, 116, 104)  # Paddle's expand fill [123.675, 116.28, 103.53], rounded for uint8
+from .ssd_aug import IMAGENET_FILL, FastSSDAugment
 
 
 class PaddleDistort(torch.nn.Module):
@@ -59,7 +61,12 @@ class IoUCropIfBoxes(v2.RandomIoUCrop):
         return lowest <= self.max_aspect_ratio and highest >= self.min_aspect_ratio
 
 
-def ssd_train_transforms(input_size: int = 320) -> v2.Compose:
+def ssd_train_transforms(input_size: int = 320) -> FastSSDAugment:
+    """The `ssd` pipeline: the reference's steps composed analytically (ssd_aug.py), ~the same samples faster."""
+    return FastSSDAugment(input_size)
+
+
+def ssd_reference_transforms(input_size: int = 320) -> v2.Compose:
     """Spec §3.5 in its order: distort, expand, IoU crop, resize (aspect not kept), flip.
 
     Deviations: resize is bilinear with antialias instead of PIL LANCZOS (same role, faster on tensors), and the

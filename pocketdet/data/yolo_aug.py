@@ -147,11 +147,27 @@ class ColorDistort(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, tv_tensors.Image) or not params["ops"]:
             return inpt
-        img = inpt.as_subclass(torch.Tensor).float()
-        for name, delta in params["ops"]:
-            img = getattr(self, f"_{name}")(img, delta)
-        out = img.round_().clamp_(0, 255).to(inpt.dtype) if inpt.dtype == torch.uint8 else img
+        # every op is affine in RGB and the result is rounded once: apply their composition in one pass
+        mat, off = self.composed(params["ops"])
+        img = inpt.as_subclass(torch.Tensor)
+        flat = torch.addmm(off[:, None], mat, img.reshape(3, -1).float()).reshape(img.shape)
+        out = flat.round_().clamp_(0, 255).to(inpt.dtype) if inpt.dtype == torch.uint8 else flat
         return tv_tensors.wrap(out, like=inpt)
+
+    @staticmethod
+    def composed(ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, c) with ops applied in order == M @ rgb + c."""
+        mat, off = torch.eye(3), torch.zeros(3)
+        for name, delta in ops:
+            if name == "brightness":
+                off = off + delta
+            elif name == "contrast":
+                mat, off = mat * delta, off * delta
+            else:
+                m = (delta * torch.eye(3) + (1.0 - delta) * torch.tensor([0.299, 0.587, 0.114]).expand(3, 3)
+                     if name == "saturation" else ColorDistort._hue_matrix(delta))
+                mat, off = m @ mat, m @ off
+        return mat, off
 
     @staticmethod
     def _brightness(img, delta):
@@ -167,11 +183,14 @@ class ColorDistort(v2.Transform):
         return img * delta + gray * (1.0 - delta)
 
     @staticmethod
-    def _hue(img, delta):
+    def _hue_matrix(delta):
         u, w = math.cos(delta * math.pi / 180), math.sin(delta * math.pi / 180)
         rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, u, -w], [0.0, w, u]])
-        t = _YIQ2RGB @ rot @ _RGB2YIQ
-        return torch.einsum("dc,chw->dhw", t, img)
+        return _YIQ2RGB @ rot @ _RGB2YIQ
+
+    @staticmethod
+    def _hue(img, delta):
+        return torch.einsum("dc,chw->dhw", ColorDistort._hue_matrix(delta), img)
 
 
 class PaddleIoUCrop(v2.RandomIoUCrop):
@@ -190,7 +209,6 @@ class PaddleIoUCrop(v2.RandomIoUCrop):
         self.scaling, self.aspect_ratio, self.num_attempts = scaling, aspect_ratio, num_attempts
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        from torchvision.ops import box_iou
         from torchvision.transforms.v2._utils import get_bounding_boxes, query_size
 
         h, w = query_size(flat_inputs)
@@ -200,26 +218,32 @@ class PaddleIoUCrop(v2.RandomIoUCrop):
         if boxes.numel() == 0:
             return {}
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        area = (boxes[:, 2:] - boxes[:, :2]).prod(1)
         for i in torch.randperm(len(self.thresholds)).tolist():
             thresh = self.thresholds[i]
             if thresh is None:
                 return {}
-            for _ in range(self.num_attempts):
-                scale = _uniform(*self.scaling)
-                ar = _uniform(max(self.aspect_ratio[0], scale ** 2), min(self.aspect_ratio[1], scale ** -2))
-                crop_h, crop_w = int(h * scale / math.sqrt(ar)), int(w * scale * math.sqrt(ar))
-                if crop_h < 1 or crop_w < 1:
-                    continue
-                top = int(torch.randint(max(h - crop_h, 1), ()))
-                left = int(torch.randint(max(w - crop_w, 1), ()))
-                crop = torch.tensor([[left, top, left + crop_w, top + crop_h]], dtype=boxes.dtype)
-                if box_iou(boxes, crop).max() < thresh:
-                    continue
-                inside = ((centres >= crop[0, :2]) & (centres < crop[0, 2:])).all(1)
-                clipped = torch.cat([boxes[:, :2].maximum(crop[0, :2]), boxes[:, 2:].minimum(crop[0, 2:])], 1)
-                inside &= (clipped[:, :2] < clipped[:, 2:]).all(1)
-                if inside.any():
-                    return dict(top=top, left=left, height=crop_h, width=crop_w, is_within_crop_area=inside)
+            # all attempts of this threshold at once; the first that passes is the one the loop would take
+            u = torch.rand(self.num_attempts, 4, dtype=torch.float64)
+            scale = self.scaling[0] + (self.scaling[1] - self.scaling[0]) * u[:, 0]
+            lo = scale.square().clamp(min=self.aspect_ratio[0])
+            hi = scale.square().reciprocal().clamp(max=self.aspect_ratio[1])
+            ar = lo + (hi - lo) * u[:, 1]
+            crop_h = (h * scale / ar.sqrt()).floor()
+            crop_w = (w * scale * ar.sqrt()).floor()
+            top = (u[:, 2] * (h - crop_h).clamp(min=1)).floor()
+            left = (u[:, 3] * (w - crop_w).clamp(min=1)).floor()
+            crops = torch.stack([left, top, left + crop_w, top + crop_h], 1).to(boxes.dtype)
+            lt, rb = boxes[None, :, :2].maximum(crops[:, None, :2]), boxes[None, :, 2:].minimum(crops[:, None, 2:])
+            inter = (rb - lt).clamp(min=0).prod(2)
+            iou = inter / (area[None] + (crop_w * crop_h).to(boxes.dtype)[:, None] - inter)
+            inside = ((centres[None] >= crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)
+            inside &= (lt < rb).all(2)
+            ok = (crop_h >= 1) & (crop_w >= 1) & (iou.max(1).values >= thresh) & inside.any(1)
+            if ok.any():
+                t = int(ok.to(torch.uint8).argmax())
+                return dict(top=int(top[t]), left=int(left[t]), height=int(crop_h[t]), width=int(crop_w[t]),
+                            is_within_crop_area=inside[t])
         return {}
 
 
@@ -239,6 +263,8 @@ class KeepFirstBoxes(v2.Transform):
         for k in ("boxes", "labels", "scores"):
             if k in target:
                 target[k] = target[k][: self.max_boxes]
+        # slicing unwraps tv_tensors: the boxes must stay BoundingBoxes for the steps after this one
+        target["boxes"] = tv_tensors.wrap(target["boxes"], like=sample[1]["boxes"])
         return image, target
 
 
@@ -298,9 +324,16 @@ class RandomShapeCollate:
         images, targets = [], []
         for image, target in batch:
             h, w = image.shape[-2:]
-            x = image.as_subclass(torch.Tensor).float()[None] / 255.0
+            x = image.as_subclass(torch.Tensor)[None]
             kwargs = {} if mode in ("nearest", "area") else {"align_corners": False, "antialias": antialias}
-            x = F.interpolate(x, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)
+            if x.dtype == torch.uint8 and mode in ("nearest", "bilinear") and not antialias:
+                # these read a few pixels per output pixel: resize the uint8 image (channels-last has torch's
+                # fast kernel; values rounded to the uint8 grid, within 1/255 of the float result) and convert
+                # only the output, instead of converting a zoomed-out canvas of up to 16x the photo to float
+                x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode=mode,
+                                  **kwargs)[0].float().div_(255.0)
+            else:
+                x = F.interpolate(x.float() / 255.0, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)
             images.append(x)
             t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in target.items()
                  if k != "shape_draw"}

@@ -46,6 +46,8 @@ class TrainOptions:
     init_fn: Callable | None = None        # e.g. load --pretrained backbone weights into the fresh model
     collate_fn: Callable | None = None     # families with batch-level augmentation (multi-scale) set this
     dataset_wrapper: Callable | None = None  # families with sample-mixing augmentation (mixup) set this
+    transform: Callable | None = None      # replaces the family's per-sample transform (data/gpu_aug.py)
+    batch_transform: Callable | None = None  # (images, targets, device) -> on-device batch (data/gpu_aug.py)
     stop_after: int | None = None          # stop (with a checkpoint) at this iteration: tests, time-boxed runs
 
 
@@ -184,7 +186,7 @@ def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals
     ddp_model = DDP(model, device_ids=[local] if device.type == "cuda" else None) if world > 1 else model
 
     dataset = opts.dataset_wrapper(train_dataset) if opts.dataset_wrapper else train_dataset
-    transform = build_train_transforms(t.augment, model.input_size)
+    transform = opts.transform or build_train_transforms(t.augment, model.input_size)
     loader = train_loader(dataset, transform, t.batch_size, t.seed, start_iter, t.schedule.max_iters,
                           loader_workers(t.num_workers), rank, world, opts.collate_fn or collate_detection)
     loader.worker_init_fn = _ignore_stop_signals
@@ -214,6 +216,8 @@ def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals
     it, skipped_in_a_row = start_iter, 0
     for images, targets in loader:
         set_lr(optimizer, lr_factor(it, t.schedule))
+        if opts.batch_transform is not None:
+            images, targets = opts.batch_transform(images, targets, device)
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in tg.items()} for tg in targets]
         with torch.autocast(device.type, enabled=use_amp):

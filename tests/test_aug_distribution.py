@@ -1,0 +1,126 @@
+"""The fast `ssd` pipeline (data/ssd_aug.py) draws the same distribution of samples as the step-by-step
+torchvision reference (transforms.ssd_reference_transforms).
+
+Reference statistics of REF_SAMPLES seeded samples on the first PHOTOS coco128 photos are a committed fixture
+(the reference takes ~0.1 s a sample here); regenerate with
+`PYTHONPATH=. python tests/test_aug_distribution.py --write-fixture`. Sample k uses photo k % PHOTOS, so both
+sides mix the photos in the same proportions. Each statistic is compared with a two-sample Kolmogorov-Smirnov
+test; colour statistics are divided by the same statistic of the source photo, which removes the between-photo
+spread and leaves the distortion's. The last test shows the comparison catches a pipeline that is off.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocketdet.data import CocoDetection
+from pocketdet.data.ssd_aug import IMAGENET_FILL, FastSSDAugment
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests/fixtures/ssd_aug_reference.npz"
+PHOTOS, REF_SAMPLES, NEW_SAMPLES = 32, 1536, 384
+KS_C = 1.95  # two-sample KS critical coefficient at alpha = 0.001
+PER_SAMPLE = ("n_boxes", "fill_fraction", "gray_mean_ratio", "gray_std_ratio", "chroma_ratio")
+PER_BOX = ("box_sqrt_area", "box_aspect", "box_cx", "box_cy")
+
+
+def load_photos(root: Path = ROOT / "data"):
+    ds = CocoDetection(root / "coco128/images/train2017", root / "coco128/annotations/instances_train2017.json")
+    return [ds[i] for i in range(PHOTOS)]
+
+
+def colour_stats(img: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+    """(mean grey, grey std, mean chroma) over the pixels in `mask` (all if None)."""
+    x = img.as_subclass(torch.Tensor).float().reshape(3, -1)
+    if mask is not None:
+        x = x[:, mask.reshape(-1)]
+    g = x[0] * 0.299 + x[1] * 0.587 + x[2] * 0.114
+    return np.array([float(g.mean()), float(g.std()), float((x.amax(0) - x.amin(0)).mean())])
+
+
+def draw_statistics(transform, photos, n: int, seed0: int) -> dict[str, np.ndarray]:
+    source = [colour_stats(img) for img, _ in photos]
+    fill = torch.tensor(IMAGENET_FILL, dtype=torch.uint8).view(3, 1, 1)
+    stats = {k: [] for k in PER_SAMPLE + PER_BOX}
+    for k in range(n):
+        torch.manual_seed(seed0 + k)
+        img, target = transform(*photos[k % len(photos)])
+        img = img.as_subclass(torch.Tensor)
+        is_fill = (img == fill).all(0)
+        stats["n_boxes"].append(len(target["boxes"]))
+        stats["fill_fraction"].append(float(is_fill.float().mean()))
+        if (~is_fill).sum() > 100:
+            c = colour_stats(img, ~is_fill) / np.maximum(source[k % len(photos)], 1e-6)
+            for name, v in zip(("gray_mean_ratio", "gray_std_ratio", "chroma_ratio"), c):
+                stats[name].append(v)
+        b = target["boxes"].as_subclass(torch.Tensor).numpy() / img.shape[-1]
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        stats["box_sqrt_area"] += list(np.sqrt(w * h))
+        stats["box_aspect"] += list(np.log(w / h))
+        stats["box_cx"] += list((b[:, 0] + b[:, 2]) / 2)
+        stats["box_cy"] += list((b[:, 1] + b[:, 3]) / 2)
+    return {k: np.asarray(v, np.float64) for k, v in stats.items()}
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def ks_failures(ref: dict, new: dict) -> dict[str, tuple[float, float]]:
+    """{statistic: (D, critical D)} for the statistics whose distributions differ at alpha = 0.001. Boxes of
+    one sample share its crop and scale, so per-box statistics count samples, not boxes, as independent
+    draws (the KS bound for boxes would be too tight)."""
+    out = {}
+    for k in PER_SAMPLE + PER_BOX:
+        n, m = (len(ref["n_boxes"]), len(new["n_boxes"])) if k in PER_BOX else (len(ref[k]), len(new[k]))
+        d, crit = ks_statistic(ref[k], new[k]), KS_C * np.sqrt((n + m) / (n * m))
+        if d > crit:
+            out[k] = (round(d, 3), round(crit, 3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(data_dir):
+    # one thread, as in a DataLoader worker: per-image ops are too small to gain from more
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_photos(data_dir)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(FIXTURE))
+
+
+def test_fast_ssd_pipeline_draws_the_reference_distribution(photos, reference):
+    new = draw_statistics(FastSSDAugment(320), photos, NEW_SAMPLES, seed0=10_000)
+    assert ks_failures(reference, new) == {}
+    # the zoom-out and crops are there at all: sanity of the statistics themselves
+    assert 0.2 < (new["fill_fraction"] > 0).mean() < 0.8 and new["box_sqrt_area"].std() > 0.05
+
+
+def test_distribution_check_catches_a_wrong_pipeline(photos, reference, monkeypatch):
+    """Without the zoom-out and the photometric distortion the same comparison fails. (Its resolution, for
+    scale: a contrast range halved, or hue and saturation dropped, pass unnoticed at these sample sizes.)"""
+    from pocketdet.data import photometric, ssd_aug
+
+    monkeypatch.setattr(ssd_aug, "sample_zoom_out", lambda h, w, **_: (0, 0, w, h))
+    monkeypatch.setattr(photometric, "sample_distort", lambda **_: photometric.DistortParams([]))
+    wrong = draw_statistics(FastSSDAugment(320), photos, NEW_SAMPLES // 2, seed0=20_000)
+    failures = ks_failures(reference, wrong)
+    assert {"fill_fraction", "chroma_ratio"} <= failures.keys(), failures
+
+
+if __name__ == "__main__" and "--write-fixture" in sys.argv:
+    from pocketdet.data.transforms import ssd_reference_transforms
+
+    torch.set_num_threads(1)
+    stats = draw_statistics(ssd_reference_transforms(320), load_photos(), REF_SAMPLES, seed0=0)
+    np.savez_compressed(FIXTURE, **{k: v.astype(np.float32) for k, v in stats.items()})
+    print(f"wrote {FIXTURE}: " + ", ".join(f"{k}={len(v)}" for k, v in stats.items()))
