@@ -1,0 +1,68 @@
+"""`make demo`'s pieces working together, cheaply. The full demo (8 photos fitted to AP50 >= 0.8, minutes) is not
+run here: the fit path runs with 2 photos and a 4-iteration cap, the `--weights coco` path with a stand-in for
+the download (no network in tests)."""
+import json
+
+import pytest
+from PIL import Image
+
+from pocketdet import api, demo
+from pocketdet.deploy.runtime import Detector
+
+SUMMARY_KEYS = {"model", "weights", "heldout_AP", "heldout_AP50", "onnx", "onnx_boxes_same", "onnx_agrees",
+                "latency_ms_torch", "latency_ms_onnxruntime", "predictions", "stage_seconds", "total_seconds"}
+CHEAP = ["--heldout", "2", "--latency-runs", "2"]
+
+
+def check_outputs(summary: dict, out, n_photos: int) -> None:
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert len(summary["predictions"]) == n_photos
+    for png in summary["predictions"]:
+        assert Image.open(png).format == "PNG"
+    assert Detector(summary["onnx"]).class_names == api.coco_class_names()
+    assert summary["heldout_photos"] == 2 and 0.0 <= summary["heldout_AP"] <= 1.0
+    assert summary["latency_ms_torch"] > 0 and summary["latency_ms_onnxruntime"] > 0
+
+
+def test_fit_path_trains_in_segments_and_writes_everything(tmp_path, capsys):
+    # a target no fit can reach: the loop must stop at the cap, evaluating after each 2-iteration segment
+    s = demo.main(["--photos", "2", "--max-iters", "4", "--eval-every", "2", "--target-ap50", "1.01",
+                   "--out", str(tmp_path), *CHEAP])
+    assert SUMMARY_KEYS | {"train_AP50", "fit_iterations", "target_reached", "checkpoint"} <= s.keys()
+    assert s["fit_iterations"] == 4 and s["target_reached"] is False
+    assert set(s["stage_seconds"]) == {"fit", "draw", "export", "heldout"}
+    check_outputs(s, tmp_path, 2)
+    assert api.load(s["checkpoint"]).class_names == api.coco_class_names()
+    printed = capsys.readouterr().out
+    assert "iteration    2: training-photo AP50" in printed and "WARNING: training-photo AP50" in printed
+    assert "held-out AP" in printed and ":coco" in printed  # the sentence on why it is low and what helps
+
+
+@pytest.fixture
+def detecting_model():
+    """A model whose boxes pass the drawing threshold on real photos, standing in for the official weights."""
+    from pocketdet.deploy.bench import calibration_images, make_trained_like
+
+    return make_trained_like(api.build("ssdlite_mnv3_small_320"), calibration_images(4))
+
+
+def test_coco_weights_path_draws_and_onnx_gives_the_same_boxes(tmp_path, monkeypatch, detecting_model):
+    asked = []
+    monkeypatch.setattr(api, "load", lambda spec, *a, **k: asked.append(spec) or detecting_model)
+    s = demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
+    assert asked == ["ssdlite_mnv3_small_320:coco"]
+    check_outputs(s, tmp_path, 2)
+    same, total = map(int, s["onnx_boxes_same"].split("/"))
+    assert total > 0, "the stand-in model draws no box: the torch/ONNX comparison would be vacuous"
+    assert same == total and s["onnx_agrees"] and s["max_box_diff_px"] <= 0.5
+
+
+def test_coco_weights_offline_is_one_line(tmp_path, monkeypatch):
+    def offline(spec, *a, **k):
+        raise OSError("https://example.invalid/ssdlite.pdparams: network unreachable\n(second line)")
+
+    monkeypatch.setattr(api, "load", offline)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
+    msg = str(e.value)
+    assert "\n" not in msg and "ssdlite_mnv3_small_320:coco" in msg and "network unreachable" in msg
