@@ -11,7 +11,7 @@ from pocketdet.deploy.runtime import Detector
 
 SUMMARY_KEYS = {"model", "weights", "heldout_AP", "heldout_AP50", "onnx", "onnx_boxes_same", "onnx_agrees",
                 "latency_ms_torch", "latency_ms_onnxruntime", "predictions", "stage_seconds", "total_seconds"}
-CHEAP = ["--heldout", "2", "--latency-runs", "2"]
+CHEAP = ["--heldout", "2", "--latency-runs", "2", "--threads", "1"]  # 1 thread: the shared CI machine
 
 
 def check_outputs(summary: dict, out, n_photos: int) -> None:
@@ -34,7 +34,7 @@ def test_fit_path_trains_in_segments_and_writes_everything(tmp_path, capsys):
     check_outputs(s, tmp_path, 2)
     assert api.load(s["checkpoint"]).class_names == api.coco_class_names()
     printed = capsys.readouterr().out
-    assert "iteration    2: training-photo AP50" in printed and "WARNING: training-photo AP50" in printed
+    assert "iteration    2: training-photo AP50" in printed and "WARNING: the drawn boxes' training-photo AP50" in printed
     assert "held-out AP" in printed and ":coco" in printed  # the sentence on why it is low and what helps
 
 
