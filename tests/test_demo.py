@@ -43,6 +43,7 @@ def test_coco_weights_path_draws_and_onnx_gives_the_same_boxes(tmp_path, monkeyp
     # the "held-out" stage draws real boxes and the torch/ONNX comparison is not vacuous
     fitted = api.load(fitted_ckpt)
     asked = []
+    monkeypatch.setattr(demo, "official_weights_supported", lambda: True)
     monkeypatch.setattr(api, "load", lambda spec, *a, **k: asked.append(spec) or fitted)
     s = demo.main(["--weights", "coco", "--data", str(fitted_yaml), "--out", str(tmp_path), *CHEAP])
     assert asked == ["ssdlite_mnv3_small_320:coco"]
@@ -57,8 +58,16 @@ def test_coco_weights_offline_is_one_line(tmp_path, monkeypatch):
     def offline(spec, *a, **k):
         raise OSError("https://example.invalid/ssdlite.pdparams: network unreachable\n(second line)")
 
+    monkeypatch.setattr(demo, "official_weights_supported", lambda: True)
     monkeypatch.setattr(api, "load", offline)
     with pytest.raises(SystemExit) as e:
         demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
     msg = str(e.value)
     assert "\n" not in msg and "ssdlite_mnv3_small_320:coco" in msg and "network unreachable" in msg
+
+
+def test_coco_weights_without_weights_by_name_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "official_weights_supported", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
+    assert "\n" not in str(e.value) and "cannot load official weights by name" in str(e.value)
