@@ -71,3 +71,12 @@ def test_coco_weights_without_weights_by_name_is_one_line(tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as e:
         demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
     assert "\n" not in str(e.value) and "cannot load official weights by name" in str(e.value)
+
+
+def test_fit_stops_at_the_first_evaluation_that_reaches_the_target(tmp_path, demo_yaml):
+    from pocketdet.data import build_dataset, load_dataset_yaml
+
+    ds = build_dataset(load_dataset_yaml(demo_yaml), "train", api.coco_class_names())
+    demo.pick_fit_photos(ds, 2)  # BatchNorm needs a batch of 2
+    fit = demo.fit_until(demo.fit_config("ssdlite_mnv3_small_320", 2, 6), ds, tmp_path, 0.0, 2)
+    assert fit["reached"] and fit["iterations"] == 2 and len(fit["history"]) == 1
