@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mobile,bench,video]'
 	@touch $(STAMP)
 
+# `make demo WEIGHTS=coco`: the official COCO-trained model on the held-out photos (downloads once)
 demo: install
-	$(PY) -m pocketdet.demo
+	$(PY) -m pocketdet.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: install
 	$(PY) -m pytest -q
