@@ -11,7 +11,6 @@ photos.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -198,18 +197,9 @@ def export(model, name: str, out: Path) -> Path:
     return export_onnx(model, out / f"{name}.onnx", name=name)
 
 
-def official_weights_supported() -> bool:
-    """Whether `pocketdet.build(name, weights="coco")` / `load("NAME:coco")` exist in this version (they are
-    being added: issue 14 section 1). Remove this guard once they have landed."""
-    return "weights" in inspect.signature(api.build).parameters
-
-
 def official_model(name: str):
     """`pocketdet.load("NAME:coco")`: downloads and converts the official weights on first use. Offline (or in
     a pocketdet without it) this exits with one line saying so."""
-    if not official_weights_supported():
-        raise SystemExit(f"demo --weights coco: this pocketdet cannot load official weights by name yet "
-                         f"({name}:coco, issue 14 section 1); convert the seed's file with `pocketdet convert`")
     try:
         return api.load(f"{name}:coco")
     except Exception as e:  # noqa: BLE001 — any failure to fetch/convert ends the demo with its one-line reason

@@ -43,7 +43,6 @@ def test_coco_weights_path_draws_and_onnx_gives_the_same_boxes(tmp_path, monkeyp
     # the "held-out" stage draws real boxes and the torch/ONNX comparison is not vacuous
     fitted = api.load(fitted_ckpt)
     asked = []
-    monkeypatch.setattr(demo, "official_weights_supported", lambda: True)
     monkeypatch.setattr(api, "load", lambda spec, *a, **k: asked.append(spec) or fitted)
     s = demo.main(["--weights", "coco", "--data", str(fitted_yaml), "--out", str(tmp_path), *CHEAP])
     assert asked == ["ssdlite_mnv3_small_320:coco"]
@@ -58,19 +57,11 @@ def test_coco_weights_offline_is_one_line(tmp_path, monkeypatch):
     def offline(spec, *a, **k):
         raise OSError("https://example.invalid/ssdlite.pdparams: network unreachable\n(second line)")
 
-    monkeypatch.setattr(demo, "official_weights_supported", lambda: True)
     monkeypatch.setattr(api, "load", offline)
     with pytest.raises(SystemExit) as e:
         demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
     msg = str(e.value)
     assert "\n" not in msg and "ssdlite_mnv3_small_320:coco" in msg and "network unreachable" in msg
-
-
-def test_coco_weights_without_weights_by_name_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "official_weights_supported", lambda: False)
-    with pytest.raises(SystemExit) as e:
-        demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
-    assert "\n" not in str(e.value) and "cannot load official weights by name" in str(e.value)
 
 
 def test_fit_stops_at_the_first_evaluation_that_reaches_the_target(tmp_path, demo_yaml):
@@ -80,3 +71,13 @@ def test_fit_stops_at_the_first_evaluation_that_reaches_the_target(tmp_path, dem
     demo.pick_fit_photos(ds, 2)  # BatchNorm needs a batch of 2
     fit = demo.fit_until(demo.fit_config("ssdlite_mnv3_small_320", 2, 6), ds, tmp_path, 0.0, 2)
     assert fit["reached"] and fit["iterations"] == 2 and len(fit["history"]) == 1
+
+
+def test_coco_weights_unreachable_server_is_one_line(tmp_path, monkeypatch):
+    """The real `NAME:coco` path (pocketdet.hub) against a refused loopback port: one line naming the URL."""
+    monkeypatch.setenv("POCKETDET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POCKETDET_MIRROR", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--weights", "coco", "--out", str(tmp_path), *CHEAP])
+    msg = str(e.value)
+    assert "\n" not in msg and "ssdlite_mnv3_small_320:coco" in msg and "127.0.0.1:9" in msg, msg
