@@ -15,7 +15,8 @@ from torchvision import tv_tensors
 from torchvision.ops import FrozenBatchNorm2d
 
 from pocketdet.config import ConfigError, load_config
-from pocketdet.data.rcnn_aug import SCALE_KEY, RCNNMultiScaleCollate, build_rcnn_transforms, rcnn_scale, train_hooks
+from pocketdet.data.rcnn_aug import SCALE_KEY, RCNNMultiScaleCollate, build_rcnn_transforms, rcnn_scale
+from pocketdet.engine.family_hooks import rcnn_hooks as train_hooks
 from pocketdet.models import CascadeRCNN, build_model
 from pocketdet.models.cascade_rcnn import RoIStagesExport, balanced_l1_loss
 

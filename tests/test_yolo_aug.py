@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from pocketdet.data.yolo_aug import (ColorDistort, MixupDataset, PaddleIoUCrop, RandomShapeCollate,
-                                     build_yolo_transforms, mixup_pair, train_hooks, with_scores)
+                                     build_yolo_transforms, mixup_pair, with_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT / "data" / "coco128"
@@ -212,11 +212,12 @@ def test_collate_shape_follows_first_sample_draw():
 
 def test_train_hooks_from_zoo_config():
     from pocketdet.config import ConfigError, apply_overrides, load_config
+    from pocketdet.engine.family_hooks import yolo_hooks
 
     cfg = load_config("yolov3_mnv3_large_320")
-    hooks = train_hooks(cfg)
+    hooks = yolo_hooks(cfg)
     ds = hooks["dataset_wrapper"](ListDataset([sample(), sample()]))
     assert isinstance(ds, MixupDataset) and ds.until_position == cfg.train.extra["mixup_iters"] * cfg.train.batch_size
     assert isinstance(hooks["collate_fn"], RandomShapeCollate)
     with pytest.raises(ConfigError, match="mixup_iters"):
-        train_hooks(apply_overrides(cfg, ["train.extra={mixup_iters: -1}"]))
+        yolo_hooks(apply_overrides(cfg, ["train.extra={mixup_iters: -1}"]))

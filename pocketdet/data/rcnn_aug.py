@@ -82,18 +82,3 @@ class RCNNMultiScaleCollate:
         for p, x in zip(padded, images):
             p[:, : x.shape[-2], : x.shape[-1]] = x
         return padded.div_(255.0), targets
-
-
-def train_hooks(cfg) -> dict:
-    """TrainOptions fields for the `rcnn` augmentation: the multi-scale collate, configured from
-    `train.extra.short_sizes` and `train.extra.max_size` of the zoo config."""
-    from ..config import ConfigError
-
-    extra = cfg.train.extra
-    for key in ("short_sizes", "max_size"):
-        if key not in extra:
-            raise ConfigError(f"config {cfg.name}: train.extra.{key} is required for augment: rcnn")
-    sizes = extra["short_sizes"]
-    if not isinstance(sizes, list) or not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise ConfigError(f"config {cfg.name}: train.extra.short_sizes must be a non-empty list of positive ints")
-    return {"collate_fn": RCNNMultiScaleCollate(sizes, int(extra["max_size"]))}

@@ -343,24 +343,3 @@ class RandomShapeCollate:
             t["orig_size"] = (int(h), int(w))
             targets.append(t)
         return torch.stack(images), targets
-
-
-# -- trainer wiring -------------------------------------------------------------------------------------
-def train_hooks(cfg) -> dict:
-    """TrainOptions fields for `augment: yolo`: the mixup dataset wrapper (on for `train.extra.mixup_iters`
-    iterations, spec §4.5) and the multi-scale batch collate."""
-    from ..config import ConfigError
-
-    mixup_iters = cfg.train.extra.get("mixup_iters", 0)
-    if not isinstance(mixup_iters, int) or isinstance(mixup_iters, bool) or mixup_iters < 0:
-        raise ConfigError(f"config {cfg.name}: train.extra.mixup_iters must be an integer >= 0, got {mixup_iters!r}")
-    batch = cfg.train.batch_size
-
-    def wrap(dataset):
-        world = torch.distributed.get_world_size() if (torch.distributed.is_available()
-                                                       and torch.distributed.is_initialized()) else 1
-        ds = MixupDataset(dataset, 1.5, 1.5, until_position=mixup_iters * batch * world, until_iter=mixup_iters)
-        ds.set_enabled(mixup_iters > 0)
-        return ds
-
-    return {"dataset_wrapper": wrap, "collate_fn": RandomShapeCollate()}
