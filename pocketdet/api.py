@@ -84,7 +84,12 @@ def load(path: str | Path, map_location="cpu", use_ema: bool = True) -> Detectio
         raise CheckpointError(f"{path}: bad embedded config: {e}") from None
     model = build_model(cfg.model, class_names=ck.get("class_names"))
     state = ck["ema"]["module"] if use_ema and ck.get("ema") else ck["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ: weights of another model size or class count
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln] or [str(e).splitlines()[0]]
+        raise CheckpointError(f"{path}: weights do not fit {cfg.name} ({len(lines)} tensors of another shape; "
+                              f"first: {lines[0][:200]})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {cfg.name}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
@@ -102,6 +107,8 @@ def model_from_name_or_checkpoint(spec: str | Path) -> DetectionModel:
     if weights is not None:
         return build(name, weights=weights)
     p = Path(spec)
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory; expected a checkpoint file (.pt) or a zoo name")
     if p.suffix in (".pt", ".pth") or p.is_file():
         return load(p)
     return build(str(spec)).eval()

@@ -183,42 +183,53 @@ def _family_hooks(cfg) -> dict:
 
 @app.command()
 def val(
-    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights) or zoo name"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, ONNX export "
+                                          "(fp32 or int8) or ncnn export (NAME.ncnn.param); files are recognised "
+                                          "by content"),
     data: Path = typer.Option(..., "--data", help="dataset YAML"),
     split: str = typer.Option("val", help="train | val | test"),
-    batch_size: int = typer.Option(8, min=1, help="images per forward pass"),
-    workers: int = typer.Option(2, min=0, help="data loader workers (0: load in the main process)"),
-    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N"),
+    batch_size: int = typer.Option(8, min=1, help="torch models: images per forward pass"),
+    workers: int = typer.Option(2, min=0, help="torch models: data loader workers (0: load in the main process)"),
+    device: str = typer.Option("auto", help="torch models: auto (a CUDA GPU when there is one) | cpu | cuda | "
+                                            "cuda:N (exports run on the CPU)"),
+    runtime: str = typer.Option("auto", help="auto (from the file) | torch | onnx | ncnn"),
+    threads: int = typer.Option(0, min=0, help="CPU threads (0: runtime default)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the stats to this JSON file"),
 ):
-    """COCO box AP of a model on a dataset split."""
+    """COCO box AP of a model on a dataset split. Exports run through the deployed runtime (`Detector.predict`:
+    its own decode, resize and NMS), with the same COCO evaluation and stats as torch models."""
     _setup_logging()
-    from .api import model_from_name_or_checkpoint
     from .data import build_dataset, load_dataset_yaml
     from .engine.device import resolve_device
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import evaluate, evaluate_predictor
+    from .model_forms import open_model
 
     try:
-        device = resolve_device(device)
-        m = model_from_name_or_checkpoint(model).to(device)
-        ds = build_dataset(load_dataset_yaml(data), split, m.class_names)
-    except _user_errors() as e:
+        form = open_model(model, runtime, threads or None)
+        if form.model is not None:
+            device = resolve_device(device)
+        ds = build_dataset(load_dataset_yaml(data), split, form.class_names)
+    except _user_errors() + (ImportError,) as e:
         _fail(str(e))
-    stats = evaluate(m, ds, batch_size=batch_size, num_workers=workers, device=device)
-    typer.echo("  ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+    if form.model is not None:
+        stats = evaluate(form.model.to(device), ds, batch_size=batch_size, num_workers=workers, device=device)
+    else:
+        stats = evaluate_predictor(form.predict, ds)
+    stats = {"model": form.source, "format": form.label, **stats}
+    typer.echo("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
     if json_out:
         json_out.write_text(json.dumps(stats, indent=2))
 
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, or "
-                                          "(with --runtime onnx) an .onnx file"),
+    model: str = typer.Argument(..., help="checkpoint (.pt), NAME:coco (official weights), zoo name, ONNX export or "
+                                          "ncnn export (NAME.ncnn.param); files are recognised by content"),
     sources: list[str] = typer.Argument(..., help="image files, folders, glob patterns, .txt lists of images, "
                                                    "video files, or camera indices (0, /dev/video0)"),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="folder for the annotated images / videos and JSON"),
     conf: float = typer.Option(0.3, min=0.0, max=1.0, help="score threshold for drawing and JSON (0..1)"),
-    runtime: str = typer.Option("torch", help="torch | onnx"),
+    runtime: str = typer.Option("auto", help="auto (from the file) | torch | onnx | ncnn"),
     threads: int = typer.Option(0, help="CPU threads (0: runtime default)"),
     png: bool = typer.Option(False, "--png", help="annotated images as PNG (lossless, ~5x larger) instead of JPEG"),
     stride: int = typer.Option(1, "--stride", min=1, help="videos/cameras: detect on every N-th frame"),
@@ -243,7 +254,7 @@ def predict(
         counts = run_predict(items, prepare, infer, class_names, out, conf=conf, png=png, stride=stride,
                              max_frames=max_frames, overlap=not no_overlap, progress=lambda _: bar.update())
         bar.close()
-    except _user_errors() + (SourceError,) as e:
+    except _user_errors() + (SourceError, ImportError) as e:
         _fail(str(e))
     done = counts["images"] + counts["frames"]
     summary = f"{counts['images']} images" + (f", {counts['frames']} video frames" if counts["frames"] else "")
@@ -268,26 +279,23 @@ def _warn_if_random_weights(spec: str, role: str = "model") -> None:
 
 def _predictor(model: str, runtime: str, threads: int):
     """-> (prepare(rgb), infer(prepared) -> (boxes, scores, labels), class names). `prepare` is the
-    decode-side work (reduce, resize) that `predict_run` overlaps with `infer` on another thread."""
-    if runtime == "onnx":
-        from .deploy.runtime import Detector
-        det = Detector(model, threads=threads or None)
+    decode-side work (reduce, resize) that `predict_run` overlaps with `infer` on another thread. Every model
+    form runs (`model_forms.open_model`: checkpoint, zoo name, ONNX or ncnn export, told by content)."""
+    from .model_forms import open_model
 
-        def infer_onnx(prepared):
+    form = open_model(model, runtime, threads or None)
+    if form.detector is not None:  # ONNX Runtime / ncnn: the deployed pre- and post-processing
+        det = form.detector
+
+        def infer_deployed(prepared):
             x, wh = prepared
             r = det.postprocess(det.forward(x), wh)
             return r["boxes"], r["scores"], r["labels"]
-        return det.preprocess, infer_onnx, det.class_names
-    if runtime != "torch":
-        raise FileNotFoundError(f"unknown runtime {runtime!r} (torch | onnx)")
+        return det.preprocess, infer_deployed, det.class_names
     import numpy as np
-    import torch
 
-    from .api import model_from_name_or_checkpoint
     from .models.inputs import to_tensor_list
-    if threads:
-        torch.set_num_threads(threads)
-    m = model_from_name_or_checkpoint(model)
+    m = form.model
 
     def prepare_torch(rgb):
         tensors, sizes = to_tensor_list(rgb, min_wh=m.input_wh)  # reduced like Detector; orig size kept

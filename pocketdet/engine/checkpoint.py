@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -49,15 +50,28 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """weights_only=True: tensors and plain containers only, so a malicious file cannot run code."""
+    """weights_only=True: tensors and plain containers only, so a malicious file cannot run code.
+    Errors name the file and say what is wrong with it in one line (never torch's advice to retry with
+    weights_only=False, which would run whatever code the file holds)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; expected a checkpoint file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise CheckpointError(f"{path}: not a torch checkpoint ({'empty file' if not head else 'no zip/pickle header'})"
+                              "; ONNX and ncnn exports run with `pocketdet val|predict FILE` or pocketdet.Detector")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on the damage
-        raise CheckpointError(f"cannot load {path} as a pocketdet checkpoint (weights only): "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds pickled objects other than tensors and plain containers (a whole "
+                              "pickled model?); pocketdet loads weights only and never runs code from a model "
+                              "file: save `model.state_dict()` or a pocketdet checkpoint") from None
+    except Exception as e:  # a damaged zip: RuntimeError, EOFError, ... depending on where it breaks
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({type(e).__name__}: {first[:160]})") from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a pocketdet checkpoint (no 'model' entry)")
     return obj

@@ -7,6 +7,7 @@ import io
 import logging
 import time
 
+import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
 from tqdm import tqdm
@@ -39,14 +40,20 @@ def coco_eval(gt: dict, detections: list[dict], image_ids: list[int] | None = No
 
 
 def to_coco_results(outputs: list[dict], image_ids: list[int], label_to_cat) -> list[dict]:
+    """Per-image detections (torch tensors or numpy arrays; boxes xyxy pixels) -> COCO result dicts."""
     res = []
     for out, img_id in zip(outputs, image_ids):
-        boxes = out["boxes"].float().cpu()
+        boxes = np.asarray(_numpy(out["boxes"]), dtype=np.float64).reshape(-1, 4)
         wh = boxes[:, 2:] - boxes[:, :2]
-        for b, s, lab, (w, h) in zip(boxes.tolist(), out["scores"].tolist(), out["labels"].tolist(), wh.tolist()):
+        for b, s, lab, (w, h) in zip(boxes.tolist(), _numpy(out["scores"]).tolist(), _numpy(out["labels"]).tolist(),
+                                     wh.tolist()):
             res.append({"image_id": int(img_id), "category_id": int(label_to_cat(int(lab))),
                         "bbox": [b[0], b[1], w, h], "score": float(s)})
     return res
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 @torch.no_grad()
@@ -65,6 +72,22 @@ def evaluate(model, dataset, batch_size: int = 8, num_workers: int = 0, device="
         ids += [t["image_id"] for t in targets]
     elapsed = time.perf_counter() - t0
     model.train(was_training)
+    stats = coco_eval(dataset.coco_gt(), to_coco_results(outputs, ids, dataset.label_to_category_id), ids)
+    stats["images_per_s"] = len(ids) / max(elapsed, 1e-9)
+    return stats
+
+
+def evaluate_predictor(predict, dataset, progress: bool = True) -> dict[str, float]:
+    """COCO stats of a deployed model: `predict(image_path)` -> numpy `boxes` (xyxy pixels of the stored
+    image), `scores`, `labels` (indices into `dataset.class_names`), called on each image *file*, so the
+    runtime decodes, resizes and post-processes it exactly as a deployment does (`Detector.predict`,
+    `NcnnDetector.predict`). Same COCO evaluation and stats as `evaluate`."""
+    outputs, ids = [], []
+    t0 = time.perf_counter()
+    for rec in tqdm(dataset.records, desc="eval", disable=not progress, leave=False):
+        outputs.append(predict(rec.path))
+        ids.append(rec.image_id)
+    elapsed = time.perf_counter() - t0
     stats = coco_eval(dataset.coco_gt(), to_coco_results(outputs, ids, dataset.label_to_category_id), ids)
     stats["images_per_s"] = len(ids) / max(elapsed, 1e-9)
     return stats
