@@ -186,22 +186,6 @@ class OrtQuantOptions:
     calibrate_method: str = "MinMax"         # MinMax | Entropy | Percentile
 
 
-def _reader(images, size: int):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    from pocketdet.deploy import npops
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(images)
-
-        def get_next(self):
-            p = next(self._it, None)
-            return None if p is None else {"images": npops.resize_chw(npops.load_rgb(p), size)}
-
-    return Reader()
-
-
 def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: dict | None = None,
                   opts: OrtQuantOptions | None = None, quant_meta: dict | None = None) -> Path:
     """Quantize a pocketdet fp32 ONNX export to QDQ int8 with ORT. `images`: calibration photos.
@@ -209,52 +193,85 @@ def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: di
     Nodes whose module matches `not_quant` stay float. The pocketdet metadata is carried over, plus
     `quant` (method, patterns) so a deployment can tell an int8 file."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from pocketdet.deploy.runtime import METADATA_KEY
 
-    opts = opts or OrtQuantOptions()
     images = list(images)
     if not images:
         raise QuantError("no calibration images")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    regexes = compile_patterns(not_quant)
+    meta = json.loads({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}[METADATA_KEY])
+    if "parts" in meta.get("arch_meta", {}):
+        # the merged file's optional inputs are initializers that ORT's pre-processing folds into constants;
+        # two-part models are quantized part by part from the model itself (`ptq` -> `ptq_two_part`)
+        raise QuantError(f"{fp32_path}: a two-part export ({meta['arch']}) cannot be quantized as one file; "
+                         "quantize the model with `pocketdet quantize CKPT --method ptq` (parts quantized apart)")
+    size = int(meta["input_size"])
+    reader = _FeedReader([{"images": npops_resize(p, size)} for p in images])
+    n_excluded = _quantize_graph(fp32_path, out_path, reader, compile_patterns(not_quant), opts,
+                                 _tensor_overrides if input_overrides else None, input_overrides)
+    q = onnx.load(str(out_path))
+    meta["quant"] = {"int8": True, "format": "QDQ", "not_quant": list(not_quant), "excluded_nodes": n_excluded,
+                     "calibration_images": len(images), **(quant_meta or {})}
+    _set_metadata(q, meta)
+    onnx.save(q, str(out_path))
+    return Path(out_path)
+
+
+def npops_resize(path, size: int) -> np.ndarray:
+    from pocketdet.deploy import npops
+
+    return npops.resize_chw(npops.load_rgb(path), size)
+
+
+class _FeedReader:
+    """ORT CalibrationDataReader over a list of feed dicts (duck-typed: ORT only calls get_next)."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def _set_metadata(proto, meta: dict, doc: str | None = None) -> None:
+    import onnx
+
+    from pocketdet.deploy.runtime import METADATA_KEY
+
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    proto.producer_name = "pocketdet"
+    if doc is not None:
+        proto.doc_string = doc
+
+
+def _quantize_graph(src, dst, reader, regexes, opts: OrtQuantOptions | None = None, overrides_fn=None,
+                    input_overrides=None, keep_float=None, op_types=None) -> int:
+    """ORT static QDQ quantization of one graph file; returns how many nodes stayed float. Kept float: nodes
+    at the graph's root (the export wrapper: softmax, box decoding, clamping, so scores and boxes keep full
+    resolution; int8 would round scores to 1/255 and create ties in NMS), nodes whose module matches
+    `regexes`, and nodes for which `keep_float(module name)` is true."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    opts = opts or OrtQuantOptions()
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         # folds the exporter's Identity/Constant nodes into initializers (ORT's quantizer needs conv biases
         # as initializers) and runs ORT's basic graph fusions, as ORT recommends before quantize_static
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
-        meta = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-        if "parts" in meta.get("arch_meta", {}):
-            # Cascade R-CNN's file holds two subgraphs whose optional inputs are initializers (export.py):
-            # ORT's pre-processing turns them into constants and drops them from the inputs, which breaks the
-            # RoI part. Not supported rather than silently wrong.
-            raise QuantError(f"{fp32_path}: int8 quantization of two-part exports ({meta['arch']}) is not "
-                             "supported: ORT's quantizer folds the RoI part's optional inputs into constants")
-        # Root-level nodes belong to the export wrapper (softmax, box decoding, clamping): kept float, so scores
-        # and boxes keep full resolution (int8 would round scores to 1/255 and create ties in NMS).
         exclude = [n.name for n in model.graph.node
-                   if not onnx_node_module(n.name) or excluded(onnx_node_module(n.name), regexes)]
-        extra = {}
-        if input_overrides:
-            extra["TensorQuantOverrides"] = _tensor_overrides(model, input_overrides)
-        quantize_static(str(pre), str(out_path), _reader(images, int(meta["input_size"])),
-                        quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
+                   if not onnx_node_module(n.name) or excluded(onnx_node_module(n.name), regexes)
+                   or (keep_float is not None and keep_float(onnx_node_module(n.name)))]
+        extra = {"TensorQuantOverrides": overrides_fn(model, input_overrides)} if overrides_fn else {}
+        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=opts.op_types, nodes_to_exclude=exclude or None,
-                        calibrate_method=getattr(CalibrationMethod, opts.calibrate_method),
-                        extra_options=extra)
-    q = onnx.load(str(out_path))
-    meta["quant"] = {"int8": True, "format": "QDQ", "not_quant": list(not_quant), "excluded_nodes": len(exclude),
-                     "calibration_images": len(images), **(quant_meta or {})}
-    del q.metadata_props[:]
-    onnx.helper.set_model_props(q, {METADATA_KEY: json.dumps(meta)})
-    q.producer_name = "pocketdet"
-    onnx.save(q, str(out_path))
-    return out_path
+                        op_types_to_quantize=op_types or opts.op_types, nodes_to_exclude=exclude or None,
+                        calibrate_method=getattr(CalibrationMethod, opts.calibrate_method), extra_options=extra)
+    return len(exclude)
 
 
 def _tensor_overrides(model, input_overrides: dict) -> dict:
@@ -322,6 +339,9 @@ def ptq(model, images, not_quant=(), opts: OrtQuantOptions | None = None, name: 
     """Float model -> int8 ONNX bytes (ORT static quantization calibrated on `images`)."""
     from pocketdet.deploy.export import export_onnx
 
+    if getattr(model, "arch", None) == "cascade_rcnn":
+        from .quant_parts import ptq_two_part
+        return ptq_two_part(model, images, not_quant, opts, name)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", name=name)
         out = quantize_onnx(fp32, Path(tmp) / "int8.onnx", images, not_quant, opts=opts,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_checks import INT8, ap_lines
+
 
 def _load_chw(path) -> torch.Tensor:
     from . import npops
@@ -163,10 +165,12 @@ class BenchRow:
     gflops: float            # dense-graph FLOPs / 1e9
     box_ap: float | None     # published (Paddle) COCO box AP of the zoo entry; not measured here
     note: str = ""
+    ap: float | None = None    # measured COCO box AP x100 on `bench --data` (same for every thread count)
+    ap50: float | None = None
 
 
 RUNTIMES = ("torch", "onnxruntime", "ncnn")
-INT8 = "onnxruntime-int8"  # PTQ int8 (QDQ) in ONNX Runtime; needs an `int8_export` (the CLI passes compress.quant's)
+# INT8 (PTQ int8 QDQ in ONNX Runtime) needs an `int8_export` (the CLI passes compress.quant's)
 
 
 def _runtime_available(rt: str) -> str | None:
@@ -181,7 +185,7 @@ def _runtime_available(rt: str) -> str | None:
 
 def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
               image=None, workdir="runs/bench", trained_like: bool = True, progress=print,
-              on_model_done=None, int8_export=None, load_model=None) -> list[BenchRow]:
+              on_model_done=None, int8_export=None, load_model=None, evaluate=None) -> list[BenchRow]:
     """Latency of every (model, runtime, threads), batch 1. `models`: zoo names (default: all of
     pocketdet/zoo), or `NAME:coco` for official weights, loaded by `load_model(spec)` (deploy does not import
     the API; `pocketdet bench` passes `api.model_from_name_or_checkpoint`). Runtimes of one (model, threads)
@@ -193,9 +197,12 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
     (deploy does not import compress; `pocketdet bench` passes `compress.quant.bench_int8_export`). A zoo entry
     with a quantization recipe (`train.extra.quant`, e.g. ssdlite_mnv3_small_320_quant) is timed as int8 with
     its recipe's not-quant patterns next to its float graph in ONNX Runtime, in the same interleaved run; its
-    torch/ncnn rows would only repeat the float entry's and are skipped."""
-    from pocketdet.config import load_config, zoo_names
-    from pocketdet.models import build_model
+    torch/ncnn rows would only repeat the float entry's and are skipped.
+
+    A model may also be a pocketdet checkpoint (trained weights, timed as they are). `evaluate(form)` -> COCO
+    stats (0..1), given a torch model or a runtime `Detector`, adds measured AP / AP50 to every row (`pocketdet
+    bench --data` passes one over a dataset split; deploy does not import engine)."""
+    from pocketdet.config import zoo_names
 
     from .export import GRAPH_WRAPPERS, export_onnx, graph_spec
     from .runtime import Detector
@@ -213,24 +220,16 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
     rows: list[BenchRow] = []
     calib = calibration_images() if trained_like else []
     for spec_name in models:
-        zoo_name, _, weights_tag = spec_name.partition(":")  # `NAME:coco`: real weights via load_model
-        name = spec_name.replace(":", "-")
-        cfg = load_config(zoo_name)
+        name, cfg, model, trained, published = bench_model(spec_name, load_model)
         recipe = cfg.train.extra.get("quant") if isinstance(cfg.train.extra, dict) else None
         model_runtimes = ("onnxruntime", INT8) if recipe else tuple(runtimes)
         if INT8 in model_runtimes and "onnxruntime" not in model_runtimes:
             # an int8 row means something only next to the fp32 graph timed in the same interleaved run
             model_runtimes = ("onnxruntime",) + model_runtimes
-        if weights_tag:
-            if load_model is None:
-                raise ValueError(f"{spec_name}: weights by name need a load_model (pocketdet bench passes one)")
-            model = load_model(spec_name).eval()
-        else:
-            model = build_model(cfg.model).eval()
-            if trained_like:
-                make_trained_like(model, calib)
+        if trained_like and not trained:
+            make_trained_like(model, calib)
         flops = dense_flops(model) / 1e9
-        ap = cfg.reference.get("box_ap")
+        ap = cfg.reference.get("box_ap") if published else None  # the zoo entry's number: not a checkpoint's
         backends, notes = {}, {}
         exportable = model.arch in GRAPH_WRAPPERS
         for rt in model_runtimes:
@@ -254,6 +253,7 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
             except Exception as e:  # one runtime's failure must not lose the other measurements
                 notes[rt] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 progress(f"bench {name} {rt}: {notes[rt]}")
+        aps = measure_ap(evaluate, model, backends, model_runtimes, progress, name) if evaluate else {}
         spec = graph_spec(model) if exportable else None
         if spec is not None and spec.prepare_input is not None:  # Cascade R-CNN: aspect kept, mean padding
             x = np.ascontiguousarray(spec.graph_input(model, [_load_chw(image)]).numpy())
@@ -280,30 +280,68 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
                 t_e2e = {k: v for (kind, k), v in t_both.items() if kind == "e2e"}
             for rt in model_runtimes:
                 if rt in t_fwd:
-                    rows.append(BenchRow(name, rt, th, stats_ms(t_fwd[rt]), stats_ms(t_e2e[rt]), flops, ap))
+                    rows.append(BenchRow(name, rt, th, stats_ms(t_fwd[rt]), stats_ms(t_e2e[rt]), flops, ap,
+                                         **aps.get(rt, {})))
                 else:
-                    rows.append(BenchRow(name, rt, th, {}, None, flops, ap, notes.get(rt, "")))
+                    rows.append(BenchRow(name, rt, th, {}, None, flops, ap, notes.get(rt, ""), **aps.get(rt, {})))
         if on_model_done is not None:
             on_model_done(rows)
     return rows
 
 
+def bench_model(spec: str, load_model=None):
+    """(row name, zoo config, eval-mode model, has real weights, published AP applies) for a zoo name (random
+    weights), `NAME:coco` (official weights) or a checkpoint file; the last two load through `load_model`
+    (`pocketdet bench` passes `api.model_from_name_or_checkpoint`; deploy does not import the API)."""
+    from pocketdet.config import load_config
+    from pocketdet.models import build_model
+
+    is_file = Path(spec).is_file() or Path(spec).suffix in (".pt", ".pth")
+    zoo_name, _, weights_tag = str(spec).partition(":")
+    if is_file or weights_tag:
+        if load_model is None:
+            raise ValueError(f"{spec}: real weights need a load_model (pocketdet bench passes one)")
+        model = load_model(spec).eval()
+        cfg = getattr(model, "zoo_config", None) or load_config(zoo_name)
+        return (Path(spec).stem if is_file else spec.replace(":", "-")), cfg, model, True, not is_file
+    cfg = load_config(spec)
+    return spec, cfg, build_model(cfg.model).eval(), False, True
+
+
+def measure_ap(evaluate, model, backends: dict, model_runtimes, progress, name: str) -> dict:
+    """{runtime: {"ap", "ap50"} (x100)} from `evaluate` on the torch model and each loaded backend."""
+    out = {}
+    for rt in model_runtimes:
+        form = model if rt == "torch" else backends.get(rt)
+        if form is None:
+            continue
+        progress(f"bench {name} {rt}: measuring AP")
+        st = evaluate(form)
+        out[rt] = {"ap": round(100 * st["AP"], 3), "ap50": round(100 * st["AP50"], 3)}
+    return out
+
+
 # -- reports --------------------------------------------------------------------------------------------------
 def rows_markdown(rows: list[BenchRow]) -> str:
+    measured = any(r.ap is not None for r in rows)
     lines = ["| model | runtime | threads | forward median / p90 (ms) | predict median / p90 (ms) | predict / forward "
-             "| GFLOPs | published AP |", "|---|---|---|---|---|---|---|---|"]
+             "| GFLOPs | published AP |" + (" measured AP / AP50 |" if measured else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if measured else "")]
     with_int8 = {r.model for r in rows if r.runtime == INT8}
     for r in rows:
         if r.runtime == "onnxruntime" and r.model in with_int8:
             r = dataclasses.replace(r, runtime="onnxruntime (fp32)")
+        ap_cell = ""
+        if measured:
+            ap_cell = f" {r.ap:.1f} / {r.ap50:.1f} |" if r.ap is not None else " — |"
         if not r.forward:
             lines.append(f"| {r.model} | {r.runtime} | {r.threads} | — ({r.note}) | — | — | {r.gflops:.2f} | "
-                         f"{r.box_ap if r.box_ap is not None else '—'} |")
+                         f"{r.box_ap if r.box_ap is not None else '—'} |" + ap_cell)
             continue
         f, e = r.forward, r.end_to_end
         lines.append(f"| {r.model} | {r.runtime} | {r.threads} | {f['median_ms']:.1f} / {f['p90_ms']:.1f} | "
                      f"{e['median_ms']:.1f} / {e['p90_ms']:.1f} | {e['median_ms'] / f['median_ms']:.2f} | "
-                     f"{r.gflops:.2f} | {r.box_ap if r.box_ap is not None else '—'} |")
+                     f"{r.gflops:.2f} | {r.box_ap if r.box_ap is not None else '—'} |" + ap_cell)
     return "\n".join(lines)
 
 
@@ -314,13 +352,17 @@ def machine_markdown(info: dict) -> str:
 
 
 def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | None:
-    """Predict latency (x) vs published AP (y), one marker per runtime, at `threads`."""
+    """Predict latency (x) vs AP (y), one marker per runtime, at `threads`: the measured AP when the rows have
+    it (`bench --data`), else the published Paddle AP."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    measured = any(r.ap is not None for r in rows)
+    if measured:
+        rows = [dataclasses.replace(r, box_ap=r.ap) for r in rows]
     pts = [r for r in rows if r.threads == threads and r.end_to_end and r.box_ap is not None]
     if not pts:
         return None
@@ -335,7 +377,7 @@ def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | N
                         textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel(f"predict latency, ms (batch 1, {threads} thread{'s' if threads > 1 else ''}, log scale)")
-    ax.set_ylabel("published COCO box AP (Paddle)")
+    ax.set_ylabel("measured COCO box AP (bench --data)" if measured else "published COCO box AP (Paddle)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
@@ -385,6 +427,10 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
              "padded input; *predict* adds the numpy proposals, the RoI part (3 stages on 100 RoIs) and NMS. "
              "AP is the published Paddle number of the zoo entry, not measured here.", "",
              rows_markdown(rows)]
+    if any(r.ap is not None for r in rows):
+        lines += ["", "Measured AP: COCO box AP (x100) of each runtime and format on the `--data` split, through the "
+                  "deployed `predict` path (each runtime's own resize, decode and NMS). Difference from torch fp32:",
+                  "", *[f"- {ln}" for ln in ap_lines(rows)]]
     by_key = {(r.model, r.runtime, r.threads): r for r in rows if r.forward}
     ratios = [f"{m} at {th} thread(s): forward {q.forward['median_ms'] / f.forward['median_ms']:.2f}x, predict "
               f"{q.end_to_end['median_ms'] / f.end_to_end['median_ms']:.2f}x"
@@ -400,7 +446,8 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
                   md=None, png=None, workdir="runs/bench", command: str = "",
-                  progress=print, merge: bool = False, int8_export=None, load_model=None) -> list[BenchRow]:
+                  progress=print, merge: bool = False, int8_export=None, load_model=None,
+                  evaluate=None) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
     `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`; both
     default to files inside `workdir` (`BENCHMARKS.md`, `latency_vs_ap.png`), so nothing outside it is
@@ -444,5 +491,5 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
                             parent="deploy")
 
     run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,
-              on_model_done=report, int8_export=int8_export, load_model=load_model)
+              on_model_done=report, int8_export=int8_export, load_model=load_model, evaluate=evaluate)
     return reported

@@ -175,11 +175,10 @@ def _export(module, args, path, input_names, output_names, dynamic_axes, opset):
                           output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
 
 
-def export_cascade_onnx_proto(model: CascadeRCNN, opset: int, tmpdir):
-    """Both subgraphs merged into one ONNX ModelProto (no metadata yet)."""
-    import onnx
-    from onnx import compose, numpy_helper
-
+def export_cascade_parts(model: CascadeRCNN, opset: int, tmpdir) -> tuple[str, str]:
+    """The two subgraphs as separate ONNX files in `tmpdir`: (dense.onnx, roi.onnx). int8 quantizes them one
+    by one (compress/quant.py) before `merge_cascade_parts`: ORT's quantizer cannot take the merged file,
+    whose optional inputs are initializers that its pre-processing folds into constants."""
     dense_names = dense_output_names(model)
     x = example_input(model)
     dense_path = f"{tmpdir}/dense.onnx"
@@ -198,8 +197,23 @@ def export_cascade_onnx_proto(model: CascadeRCNN, opset: int, tmpdir):
     axes = {n: {2: f"rh_{i}", 3: f"rw_{i}"} for i, n in enumerate(roi_names[:-2])}
     axes.update({"rois": {0: "num_rois"}, "scores": {0: "num_rois"}, "boxes": {0: "num_rois"}})
     _export(CascadeRoIGraph(model).eval(), (*pooled, rois, hw), roi_path, roi_names, ROI_OUTPUTS, axes, opset)
+    return dense_path, roi_path
 
-    dense, roi = onnx.load(dense_path), onnx.load(roi_path)
+
+def export_cascade_onnx_proto(model: CascadeRCNN, opset: int, tmpdir):
+    """Both subgraphs merged into one ONNX ModelProto (no metadata yet)."""
+    import onnx
+
+    dense_path, roi_path = export_cascade_parts(model, opset, tmpdir)
+    return merge_cascade_parts(model, onnx.load(dense_path), onnx.load(roi_path))
+
+
+def merge_cascade_parts(model: CascadeRCNN, dense, roi):
+    """One ModelProto holding the dense and RoI subgraphs (fp32 or int8), every input made optional."""
+    import onnx
+    from onnx import compose, numpy_helper
+
+    roi_names = roi_input_names(model)
     roi = compose.add_prefix(roi, ROI_PREFIX, rename_inputs=False, rename_outputs=False)
     merged = compose.merge_models(dense, roi, io_map=[])
     # Tiny defaults make the RoI inputs optional for ORT (an input with an initializer of the same name may
