@@ -87,6 +87,11 @@ def onnx_node_module(node_name: str) -> str:
     return ".".join(node_name.strip("/").split("/")[:-1])
 
 
+def is_depthwise(node) -> bool:
+    """A grouped Conv node (MobileNet's depthwise convs, SSDLite's separable predictors)."""
+    return node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+
 # -- QAT: fake-quant convs ---------------------------------------------------------------------------------
 def _act_fake_quant() -> nn.Module:
     from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
@@ -184,6 +189,7 @@ class OrtQuantOptions:
     per_channel: bool = True
     op_types: list[str] | None = None        # None: every op type ORT can quantize
     calibrate_method: str = "MinMax"         # MinMax | Entropy | Percentile
+    float_depthwise: bool = False            # keep depthwise (grouped) convs fp32: see `int8_layer_policy`
 
 
 def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: dict | None = None,
@@ -265,7 +271,8 @@ def _quantize_graph(src, dst, reader, regexes, opts: OrtQuantOptions | None = No
         model = onnx.load(str(pre))
         exclude = [n.name for n in model.graph.node
                    if not onnx_node_module(n.name) or excluded(onnx_node_module(n.name), regexes)
-                   or (keep_float is not None and keep_float(onnx_node_module(n.name)))]
+                   or (keep_float is not None and keep_float(onnx_node_module(n.name)))
+                   or (opts.float_depthwise and is_depthwise(n))]
         extra = {"TensorQuantOverrides": overrides_fn(model, input_overrides)} if overrides_fn else {}
         quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
