@@ -214,3 +214,43 @@ def test_bench_times_quant_entries_as_int8_next_to_fp32(tmp_path):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     report = bench_report(rows, {"cpu": "x", "logical_cores": 1, "flags": [], "versions": {}}, "cmd", None)
     assert "onnxruntime (fp32)" in report and "int8 / fp32 in ONNX Runtime" in report
+
+
+@pytest.mark.slow
+def test_cascade_rcnn_int8_runs_in_onnx_runtime(tmp_path):
+    """Cascade R-CNN's two-part file: each part quantized on its own (dense convs; RoI FC layers) from the
+    deployed runtime's own calibration feeds, merged back into one file that `Detector` runs, on a real photo. The merged fp32 file itself is refused with the route."""
+    from pocketdet.config import load_config
+    from pocketdet.deploy.bench import make_trained_like
+    from pocketdet.deploy.export import export_onnx
+    from pocketdet.models import build_model
+
+    torch.manual_seed(0)
+    model = make_trained_like(build_model(load_config("cascade_rcnn_mnv3_large_fpn_320").model), _photos(6))
+    int8 = tmp_path / "cascade.int8.onnx"
+    int8.write_bytes(Q.ptq(model, _photos(4), name="cascade_rcnn_mnv3_large_fpn_320"))
+    proto = onnx.load(str(int8))
+    quantized = {n.name.startswith("roi_part/") for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized == {True, False}  # both subgraphs hold int8 layers
+    fp32 = export_onnx(model, tmp_path / "cascade.onnx", name="cascade_rcnn_mnv3_large_fpn_320")
+    q, f = Detector(int8, threads=1), Detector(fp32, threads=1)
+    assert q.meta["quant"]["int8"] and q.meta["quant"]["parts"]
+    photo = ROOT / "data" / "coco128" / "images" / "val2017" / "000000000139.jpg"
+    assert len(q.predict(photo)["scores"]) and len(f.predict(photo)["scores"])
+    # each part against fp32 on the same input. The dense part of a random-weight model quantizes coarsely
+    # (as SSDLite's does: its activations are not a trained network's), so it is checked for correlation;
+    # the RoI part's FC layers on the float model's own features must match closely.
+    from pocketdet.deploy import npops, rcnn_ops
+
+    rgb = npops.load_rgb(photo)
+    x, (w, h) = f.preprocess(rgb)
+    fo, qo = f.forward(x), q.forward(x)
+    for name in f.meta["output_names"]:
+        assert np.corrcoef(qo[name].ravel(), fo[name].ravel())[0, 1] > 0.5, name
+    resized = rcnn_ops.resized_hw(h, w, f.input_size)
+    feeds = f._postprocess.roi_feeds(fo, f._postprocess.proposals(fo, resized), resized)
+    fr, qr = f.run_part("roi", feeds), q.run_part("roi", feeds)
+    assert np.abs(qr["scores"] - fr["scores"]).mean() <= 0.005
+    assert np.abs(qr["boxes"] - fr["boxes"]).mean() <= 1.0  # pixels of the resized input
+    with pytest.raises(Q.QuantError, match="two-part"):
+        Q.quantize_onnx(fp32, tmp_path / "x.onnx", _photos(1))
