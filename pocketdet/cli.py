@@ -515,11 +515,15 @@ def quantize(
     fmt: str = typer.Option("onnx", "--format", help="onnx: int8 checkpoint for ONNX Runtime | ncnn: MODEL is an "
                             "fp32 ncnn export, -o the int8 .ncnn.param to write (PTQ; --not-quant: ncnn layer "
                             "types kept fp32, e.g. ConvolutionDepthWise)"),
+    float_depthwise: bool = typer.Option(False, "--float-depthwise", help="keep depthwise (grouped) convs fp32 "
+                                         "(faster on some CPUs: see BENCHMARKS.md int8-layers)"),
+    speed_check: bool = typer.Option(True, "--speed-check/--no-speed-check",
+                                     help="time int8 against fp32 on this CPU and warn when int8 is slower"),
 ):
     """int8 quantization (ONNX Runtime QDQ); `pocketdet export OUT --format onnx` then writes the int8 model.
     `--format ncnn`: calibrate an ncnn export on real photos and write its int8 form."""
     _setup_logging()
-    from .compress.quant import QuantError, calibration_images, quantize_checkpoint
+    from .compress.quant import OrtQuantOptions, QuantError, calibration_images, quantize_checkpoint
 
     if fmt == "ncnn":
         from .deploy.ncnn_int8 import quantize_ncnn
@@ -536,7 +540,8 @@ def quantize(
     if fmt != "onnx":
         _fail(f"--format must be onnx or ncnn, got {fmt!r}")
     try:
-        summary = quantize_checkpoint(model, method, data, out, not_quant, calib_images, iters, lr, batch_size)
+        summary = quantize_checkpoint(model, method, data, out, not_quant, calib_images, iters, lr, batch_size,
+                                      opts=OrtQuantOptions(float_depthwise=float_depthwise), speed_check=speed_check)
     except _user_errors() + (QuantError,) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))

@@ -172,6 +172,7 @@ def test_cli_quantize_then_export(tmp_path, overfit):
     r = CliRunner().invoke(app, ["quantize", str(ck), "--method", "ptq", "--data", str(PHOTOS), "--calib-images", "2",
                                  "--not-quant", "res_conv1", "--not-quant", "se_block", "-o", str(tmp_path / "q.pt")])
     assert r.exit_code == 0, r.output
+    assert '"int8_vs_fp32"' in r.output  # measured on this CPU (a warning follows when int8 is slower)
     assert pocketdet.load(tmp_path / "q.pt") is not None  # float weights still load
     r = CliRunner().invoke(app, ["export", str(tmp_path / "q.pt"), "--format", "onnx", "-o", str(tmp_path / "q.onnx"),
                                  "--image", str(overfit[1][0])])  # verified against the float model on a photo
@@ -254,3 +255,23 @@ def test_cascade_rcnn_int8_runs_in_onnx_runtime(tmp_path):
     assert np.abs(qr["boxes"] - fr["boxes"]).mean() <= 1.0  # pixels of the resized input
     with pytest.raises(Q.QuantError, match="two-part"):
         Q.quantize_onnx(fp32, tmp_path / "x.onnx", _photos(1))
+
+
+def test_int8_slower_than_fp32_is_said_with_ratio_and_cpu_flags():
+    from pocketdet.compress.quant_speed import slower_warning
+    from pocketdet.deploy.bench import BenchRow
+    from pocketdet.deploy.bench_checks import INT8, int8_slower
+
+    no_vnni = {"cpu": "AMD EPYC 7B13", "flags": ["avx2", "fma"]}
+    w = slower_warning({"fp32_ms": 10.0, "int8_ms": 12.0, "ratio": 1.2, "threads": 1, "runs": 10}, no_vnni)
+    assert "SLOWER" in w and "1.20x" in w and "avx2 fma" in w and "no VNNI" in w
+    assert slower_warning({"fp32_ms": 10.0, "int8_ms": 7.0, "ratio": 0.7, "threads": 1, "runs": 10}, no_vnni) is None
+    vnni = {"cpu": "Xeon", "flags": ["avx2", "avx512_vnni"]}
+    assert "no VNNI" not in slower_warning({"fp32_ms": 1, "int8_ms": 2, "ratio": 2.0, "threads": 1, "runs": 3}, vnni)
+
+    def row(model, rt, ms):
+        return BenchRow(model, rt, 1, {"median_ms": ms, "p90_ms": ms, "min_ms": ms}, None, 1.0, None)
+    rows = [row("slow", "onnxruntime", 10.0), row("slow", INT8, 13.0), row("fast", "onnxruntime", 10.0),
+            row("fast", INT8, 6.0)]
+    msgs = int8_slower(rows, no_vnni)
+    assert len(msgs) == 1 and msgs[0].startswith("slow:") and "1.30x" in msgs[0] and "avx2 fma" in msgs[0]

@@ -31,65 +31,18 @@ int8 ONNX file's bytes}. `pocketdet export CKPT --format onnx -o q.onnx` writes 
 """
 from __future__ import annotations
 
-import fnmatch
-import json
 import logging
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from .ort_quant import (PADDLE_NOT_QUANT, OrtQuantOptions, QuantError, compile_patterns, excluded,  # noqa: F401
+                        onnx_node_module, quantize_onnx)
+
 log = logging.getLogger("pocketdet.quant")
-
-# Paddle name scopes used by the mobile zoo's --not_quant_pattern (spec §3.7) -> pocketdet module regexes.
-PADDLE_NOT_QUANT = {
-    "res_conv1": [r"backbone\.conv\d+\.bottleneck_conv"],
-    "se_block": [r"backbone\.conv\d+\.mid_se"],
-}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-class QuantError(ValueError):
-    """Bad quantization input (pattern, data, checkpoint); the message names it."""
-
-
-# -- not-quant patterns ------------------------------------------------------------------------------------
-def compile_patterns(patterns) -> list[re.Pattern]:
-    """Paddle scope names, globs or regexes -> compiled regexes over dotted module names."""
-    out = []
-    for p in patterns or []:
-        if p in PADDLE_NOT_QUANT:
-            out += [re.compile(r) for r in PADDLE_NOT_QUANT[p]]
-        elif any(c in p for c in "*?[") and not any(c in p for c in "\\+()|^$"):
-            out.append(re.compile(fnmatch.translate(p)))
-        else:
-            try:
-                out.append(re.compile(p))
-            except re.error as e:
-                raise QuantError(f"not-quant pattern {p!r} is neither a Paddle scope "
-                                 f"({', '.join(PADDLE_NOT_QUANT)}), a glob nor a valid regex: {e}") from None
-    return out
-
-
-def excluded(module_name: str, regexes: list[re.Pattern]) -> bool:
-    """Whether `module_name` or one of its parents fully matches a pattern."""
-    parts = module_name.split(".")
-    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(r.fullmatch(p) for r in regexes for p in prefixes)
-
-
-def onnx_node_module(node_name: str) -> str:
-    """`/backbone/conv2/mid_se/conv1/Conv` (the TorchScript exporter's scope name) -> `backbone.conv2.mid_se.conv1`."""
-    return ".".join(node_name.strip("/").split("/")[:-1])
-
-
-def is_depthwise(node) -> bool:
-    """A grouped Conv node (MobileNet's depthwise convs, SSDLite's separable predictors)."""
-    return node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
 
 
 # -- QAT: fake-quant convs ---------------------------------------------------------------------------------
@@ -181,128 +134,6 @@ def calibration_images(data, n: int = 32, split: str = "train") -> list[Path]:
         raise QuantError(f"need at least one calibration image, got n={n}")
     step = max(1, len(paths) // n)  # spread over the split rather than its first n files
     return paths[::step][:n]
-
-
-# -- ONNX Runtime static quantization ----------------------------------------------------------------------
-@dataclass
-class OrtQuantOptions:
-    per_channel: bool = True
-    op_types: list[str] | None = None        # None: every op type ORT can quantize
-    calibrate_method: str = "MinMax"         # MinMax | Entropy | Percentile
-    float_depthwise: bool = False            # keep depthwise (grouped) convs fp32: see `int8_layer_policy`
-
-
-def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: dict | None = None,
-                  opts: OrtQuantOptions | None = None, quant_meta: dict | None = None) -> Path:
-    """Quantize a pocketdet fp32 ONNX export to QDQ int8 with ORT. `images`: calibration photos.
-    `input_overrides`: {module name of a conv: (scale, zero point)} for that conv's input tensor (from QAT).
-    Nodes whose module matches `not_quant` stay float. The pocketdet metadata is carried over, plus
-    `quant` (method, patterns) so a deployment can tell an int8 file."""
-    import onnx
-
-    from pocketdet.deploy.runtime import METADATA_KEY
-
-    images = list(images)
-    if not images:
-        raise QuantError("no calibration images")
-    meta = json.loads({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}[METADATA_KEY])
-    if "parts" in meta.get("arch_meta", {}):
-        # the merged file's optional inputs are initializers that ORT's pre-processing folds into constants;
-        # two-part models are quantized part by part from the model itself (`ptq` -> `ptq_two_part`)
-        raise QuantError(f"{fp32_path}: a two-part export ({meta['arch']}) cannot be quantized as one file; "
-                         "quantize the model with `pocketdet quantize CKPT --method ptq` (parts quantized apart)")
-    size = int(meta["input_size"])
-    reader = _FeedReader([{"images": npops_resize(p, size)} for p in images])
-    n_excluded = _quantize_graph(fp32_path, out_path, reader, compile_patterns(not_quant), opts,
-                                 _tensor_overrides if input_overrides else None, input_overrides)
-    q = onnx.load(str(out_path))
-    meta["quant"] = {"int8": True, "format": "QDQ", "not_quant": list(not_quant), "excluded_nodes": n_excluded,
-                     "calibration_images": len(images), **(quant_meta or {})}
-    _set_metadata(q, meta)
-    onnx.save(q, str(out_path))
-    return Path(out_path)
-
-
-def npops_resize(path, size: int) -> np.ndarray:
-    from pocketdet.deploy import npops
-
-    return npops.resize_chw(npops.load_rgb(path), size)
-
-
-class _FeedReader:
-    """ORT CalibrationDataReader over a list of feed dicts (duck-typed: ORT only calls get_next)."""
-
-    def __init__(self, feeds: list[dict]):
-        self._it = iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-
-def _set_metadata(proto, meta: dict, doc: str | None = None) -> None:
-    import onnx
-
-    from pocketdet.deploy.runtime import METADATA_KEY
-
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
-    proto.producer_name = "pocketdet"
-    if doc is not None:
-        proto.doc_string = doc
-
-
-def _quantize_graph(src, dst, reader, regexes, opts: OrtQuantOptions | None = None, overrides_fn=None,
-                    input_overrides=None, keep_float=None, op_types=None) -> int:
-    """ORT static QDQ quantization of one graph file; returns how many nodes stayed float. Kept float: nodes
-    at the graph's root (the export wrapper: softmax, box decoding, clamping, so scores and boxes keep full
-    resolution; int8 would round scores to 1/255 and create ties in NMS), nodes whose module matches
-    `regexes`, and nodes for which `keep_float(module name)` is true."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    opts = opts or OrtQuantOptions()
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # folds the exporter's Identity/Constant nodes into initializers (ORT's quantizer needs conv biases
-        # as initializers) and runs ORT's basic graph fusions, as ORT recommends before quantize_static
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        model = onnx.load(str(pre))
-        exclude = [n.name for n in model.graph.node
-                   if not onnx_node_module(n.name) or excluded(onnx_node_module(n.name), regexes)
-                   or (keep_float is not None and keep_float(onnx_node_module(n.name)))
-                   or (opts.float_depthwise and is_depthwise(n))]
-        extra = {"TensorQuantOverrides": overrides_fn(model, input_overrides)} if overrides_fn else {}
-        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=op_types or opts.op_types, nodes_to_exclude=exclude or None,
-                        calibrate_method=getattr(CalibrationMethod, opts.calibrate_method), extra_options=extra)
-    return len(exclude)
-
-
-def _tensor_overrides(model, input_overrides: dict) -> dict:
-    """conv module name -> ORT TensorQuantOverrides on that Conv node's input tensor. A tensor feeding
-    several convs (an SSD level feeds its box and score predictors) gets the widest range among them."""
-    ranges: dict[str, tuple[float, float]] = {}
-    for node in model.graph.node:
-        if node.op_type != "Conv":
-            continue
-        mod = onnx_node_module(node.name)
-        if mod not in input_overrides:
-            continue
-        scale, zp = input_overrides[mod]
-        lo, hi = (0 - zp) * scale, (255 - zp) * scale
-        t = node.input[0]
-        old = ranges.get(t)
-        ranges[t] = (min(lo, old[0]), max(hi, old[1])) if old else (lo, hi)
-    out = {}
-    for t, (lo, hi) in ranges.items():
-        lo, hi = min(lo, 0.0), max(hi, 0.0)  # the range must hold 0 exactly (zero padding)
-        scale = max((hi - lo) / 255.0, 1e-8)
-        zp = int(np.clip(round(-lo / scale), 0, 255))
-        out[t] = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
-    return out
 
 
 # -- end to end: checkpoint -> quantized checkpoint ---------------------------------------------------------
@@ -421,9 +252,10 @@ def _fresh_like(model, cfg):
 
 def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quant=(), calib_images: int = 32,
                         iters: int | None = None, lr: float | None = None, batch_size: int | None = None,
-                        opts: OrtQuantOptions | None = None, progress: bool = True) -> dict:
+                        opts: OrtQuantOptions | None = None, progress: bool = True,
+                        speed_check: bool = True) -> dict:
     """`pocketdet quantize`: float checkpoint (or zoo name) -> quantized checkpoint at `output`.
-    Returns a summary dict."""
+    Returns a summary dict; with `speed_check`, int8 vs fp32 forward time on this CPU (`quant_speed`)."""
     from pocketdet.engine.checkpoint import save_atomic
     from pocketdet.engine.trainer import checkpoint_state
 
@@ -458,8 +290,28 @@ def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quan
     state = checkpoint_state(model, cfg, model.class_names, quant=quant)
     state["model"] = float_state_dict(state_model)
     save_atomic(state, output)
-    return {"output": str(output), "method": method, "int8_onnx_bytes": len(onnx_bytes),
-            "calibration_images": len(images), "not_quant": list(not_quant)}
+    summary = {"output": str(output), "method": method, "int8_onnx_bytes": len(onnx_bytes),
+               "calibration_images": len(images), "not_quant": list(not_quant)}
+    if speed_check:
+        summary.update(_speed_check(model, onnx_bytes, cfg.name))
+    return summary
+
+
+def _speed_check(model, onnx_bytes: bytes, name: str) -> dict:
+    """int8 vs fp32 forward on this CPU (quant_speed); a logged warning when int8 is slower."""
+    from pocketdet.deploy.export import export_onnx
+
+    from .quant_speed import slower_warning, time_fp32_vs_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", name=name)
+        int8 = Path(tmp) / "int8.onnx"
+        int8.write_bytes(onnx_bytes)
+        speed = time_fp32_vs_int8(fp32, int8)
+    warning = slower_warning(speed)
+    if warning:
+        log.warning(warning)
+    return {"int8_vs_fp32": speed, **({"warning": warning} if warning else {})}
 
 
 def stored_int8_onnx(checkpoint) -> bytes | None:

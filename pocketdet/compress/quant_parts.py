@@ -17,7 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from .quant import OrtQuantOptions, QuantError, _FeedReader, _quantize_graph, _set_metadata, compile_patterns
+from .ort_quant import FeedReader, OrtQuantOptions, QuantError, compile_patterns, quantize_graph, set_metadata
 
 ROI_FLOAT_LAYERS = ("cls_score", "bbox_pred")  # per-stage predictors: small, and their outputs are the scores
 
@@ -63,8 +63,8 @@ def ptq_two_part(model, images, not_quant=(), opts: OrtQuantOptions | None = Non
                              "the RoI part cannot be calibrated")
         dense_src, roi_src = export_cascade_parts(model, DEFAULT_OPSET, tmp)
         dense_q, roi_q = Path(tmp) / "dense.int8.onnx", Path(tmp) / "roi.int8.onnx"
-        n_dense = _quantize_graph(dense_src, dense_q, _FeedReader(dense_feeds), regexes, opts)
-        n_roi = _quantize_graph(roi_src, roi_q, _FeedReader(roi_feeds), regexes, opts,
+        n_dense = quantize_graph(dense_src, dense_q, FeedReader(dense_feeds), regexes, opts)
+        n_roi = quantize_graph(roi_src, roi_q, FeedReader(roi_feeds), regexes, opts,
                                 keep_float=lambda mod: mod.endswith(ROI_FLOAT_LAYERS), op_types=["Gemm", "MatMul"])
         merged = merge_cascade_parts(model, onnx.load(str(dense_q)), onnx.load(str(roi_q)))
     meta = json.loads({p.key: p.value for p in fp32.metadata_props}[METADATA_KEY])
@@ -72,6 +72,6 @@ def ptq_two_part(model, images, not_quant=(), opts: OrtQuantOptions | None = Non
                      "excluded_nodes": n_dense + n_roi, "calibration_images": len(images),
                      "parts": {"dense": "every conv (not-quant patterns aside)",
                                "roi": "stage FC layers fc6/fc7; class/box predictors float"}}
-    _set_metadata(merged, meta, doc=fp32.doc_string)
+    set_metadata(merged, meta, doc=fp32.doc_string)
     merged.graph.name = fp32.graph.name
     return merged.SerializeToString()
