@@ -75,6 +75,10 @@ def open_model(spec: str | Path, runtime: str = "auto", threads: int | None = No
         check_ncnn_files(param)
         det = NcnnDetector(param, threads=threads)
         return ModelForm(str(param), "ncnn", det.class_names, detector=det)
+    if kind == CHECKPOINT and runtime == "auto":
+        int8 = _stored_int8(spec, threads)  # a `pocketdet quantize` checkpoint runs as the int8 model it holds
+        if int8 is not None:
+            return int8
     import torch
 
     from .api import model_from_name_or_checkpoint
@@ -83,3 +87,24 @@ def open_model(spec: str | Path, runtime: str = "auto", threads: int | None = No
         torch.set_num_threads(threads)
     m = model_from_name_or_checkpoint(spec)
     return ModelForm(str(spec), "torch", list(m.class_names), model=m)
+
+
+def _stored_int8(spec, threads) -> ModelForm | None:
+    """The int8 ONNX model inside a quantized checkpoint, opened in `Detector` (from a temporary copy that
+    is removed at exit); None for a float checkpoint. `--runtime torch` evaluates its float weights instead."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from .compress.quant import stored_int8_onnx
+
+    data = stored_int8_onnx(spec)
+    if data is None:
+        return None
+    tmp = tempfile.mkdtemp(prefix="pocketdet-int8-")
+    atexit.register(shutil.rmtree, tmp, True)
+    path = Path(tmp) / (Path(str(spec)).stem + ".int8.onnx")
+    path.write_bytes(data)
+    det = Detector(path, threads=threads)
+    det.source = f"{spec} (stored int8 ONNX)"
+    return ModelForm(str(spec), "onnx", det.class_names, detector=det)

@@ -116,3 +116,18 @@ def test_bench_data_reports_ap_per_format_and_gates_on_the_drop(fitted_ckpt, fit
 def test_max_ap_drop_needs_data():
     r = runner.invoke(app, ["bench", "ssdlite_mnv3_small_320", "--max-ap-drop", "1"])
     assert r.exit_code == 2 and "--max-ap-drop needs --data" in r.output
+
+
+def test_a_quantized_checkpoint_runs_as_the_int8_model_it_holds(fitted_ckpt, exports, tmp_path):
+    """`val q.pt` of a `pocketdet quantize` checkpoint evaluates its stored ONNX model (not the float weights
+    beside it); `--runtime torch` asks for the float weights."""
+    from pocketdet.model_forms import open_model
+
+    ck = torch.load(fitted_ckpt, weights_only=True)
+    onnx_bytes = bytearray(exports["onnx"].read_bytes())
+    ck["quant"] = {"method": "ptq", "onnx": torch.frombuffer(onnx_bytes, dtype=torch.uint8)}
+    q = tmp_path / "q.pt"
+    torch.save(ck, q)
+    form = open_model(q)
+    assert form.runtime == "onnx" and "stored int8 ONNX" in form.detector.source
+    assert open_model(q, "torch").runtime == "torch"

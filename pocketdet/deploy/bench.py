@@ -253,7 +253,7 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
             except Exception as e:  # one runtime's failure must not lose the other measurements
                 notes[rt] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
                 progress(f"bench {name} {rt}: {notes[rt]}")
-        aps = measure_ap(evaluate, model, backends, model_runtimes, progress, name) if evaluate else {}
+        aps = measure_ap(evaluate, model, backends, model_runtimes, progress, name, min(threads)) if evaluate else {}
         spec = graph_spec(model) if exportable else None
         if spec is not None and spec.prepare_input is not None:  # Cascade R-CNN: aspect kept, mean padding
             x = np.ascontiguousarray(spec.graph_input(model, [_load_chw(image)]).numpy())
@@ -308,13 +308,16 @@ def bench_model(spec: str, load_model=None):
     return spec, cfg, build_model(cfg.model).eval(), False, True
 
 
-def measure_ap(evaluate, model, backends: dict, model_runtimes, progress, name: str) -> dict:
-    """{runtime: {"ap", "ap50"} (x100)} from `evaluate` on the torch model and each loaded backend."""
+def measure_ap(evaluate, model, backends: dict, model_runtimes, progress, name: str, threads: int) -> dict:
+    """{runtime: {"ap", "ap50"} (x100)} from `evaluate` on the torch model and each loaded backend, run at
+    `threads` (a runtime's default may oversubscribe a shared machine: ncnn spins on every core)."""
     out = {}
     for rt in model_runtimes:
         form = model if rt == "torch" else backends.get(rt)
         if form is None:
             continue
+        if rt != "torch":
+            form = type(form)(form.source, threads=threads)
         progress(f"bench {name} {rt}: measuring AP")
         st = evaluate(form)
         out[rt] = {"ap": round(100 * st["AP"], 3), "ap50": round(100 * st["AP50"], 3)}
