@@ -424,11 +424,13 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
              f"Commands: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
              "Batch 1. *forward*: the exported dense graph (eager: the same wrapper module) on a resized input. "
              "*predict*: a decoded 640x427 photo to final boxes (resize, normalise, network, decode, NMS). "
-             "Weights are random but made trained-like (`make_trained_like`: BN statistics from real photos, "
-             "sharpened class logits) so that post-processing sees a realistic number of candidates. "
+             "Zoo names run random weights made trained-like (`make_trained_like`: BN statistics from real photos, "
+             "sharpened class logits) so that post-processing sees a realistic number of candidates; checkpoints "
+             "run their own weights. "
              "Cascade R-CNN: *forward* is its dense part (backbone, FPN, RPN head) on the long-side-resized, "
              "padded input; *predict* adds the numpy proposals, the RoI part (3 stages on 100 RoIs) and NMS. "
-             "AP is the published Paddle number of the zoo entry, not measured here.", "",
+             "*published AP*: the Paddle number of the zoo entry (— for checkpoints); *measured AP*, with "
+             "`--data` only: see below.", "",
              rows_markdown(rows)]
     if any(r.ap is not None for r in rows):
         lines += ["", "Measured AP: COCO box AP (x100) of each runtime and format on the `--data` split, through the "
