@@ -23,11 +23,6 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def fit_yaml(fitted_ckpt):
-    return fitted_ckpt.parent / "fit.yaml"  # the COCO annotations of the photos the fixture was fitted to
-
-
-@pytest.fixture(scope="module")
 def exports(fitted_ckpt, tmp_path_factory):
     from pocketdet.deploy.export import export_model
 
@@ -51,8 +46,8 @@ def _val(model, data, tmp_path, *extra) -> dict:
     return json.loads(out.read_text())
 
 
-def test_val_gives_the_torch_ap_for_every_fp32_form(fitted_ckpt, fit_yaml, exports, tmp_path):
-    ref = _val(fitted_ckpt, fit_yaml, tmp_path)
+def test_val_gives_the_torch_ap_for_every_fp32_form(fitted_ckpt, fitted_yaml, exports, tmp_path):
+    ref = _val(fitted_ckpt, fitted_yaml, tmp_path)
     assert ref["format"] == "torch" and ref["AP50"] > 0.5  # the fixture detects its photos
     nameless = tmp_path / "model_without_suffix"  # recognised as ONNX by content, not by name
     shutil.copy(exports["onnx"], nameless)
@@ -60,7 +55,7 @@ def test_val_gives_the_torch_ap_for_every_fp32_form(fitted_ckpt, fit_yaml, expor
     if "ncnn" in exports:
         forms["ncnn"] = exports["ncnn"]
     for label, path in forms.items():
-        st = _val(path, fit_yaml, tmp_path)
+        st = _val(path, fitted_yaml, tmp_path)
         assert st["format"] == ("ncnn" if label == "ncnn" else "onnx")
         assert set(st) == set(ref)
         for k in ("AP", "AP50", "AP75"):
@@ -69,13 +64,13 @@ def test_val_gives_the_torch_ap_for_every_fp32_form(fitted_ckpt, fit_yaml, expor
         pytest.skip("ncnn/pnnx not installed: ncnn form not evaluated")
 
 
-def test_val_refuses_a_runtime_that_does_not_fit_the_file(exports, fit_yaml):
-    r = runner.invoke(app, ["val", str(exports["onnx"]), "--data", str(fit_yaml), "--runtime", "ncnn"])
+def test_val_refuses_a_runtime_that_does_not_fit_the_file(exports, fitted_yaml):
+    r = runner.invoke(app, ["val", str(exports["onnx"]), "--data", str(fitted_yaml), "--runtime", "ncnn"])
     assert r.exit_code != 0 and "is an ONNX export" in r.output and "--runtime onnx" in r.output
 
 
 @pytest.mark.slow
-def test_bench_data_reports_ap_per_format_and_gates_on_the_drop(fitted_ckpt, fit_yaml, tmp_path, monkeypatch):
+def test_bench_data_reports_ap_per_format_and_gates_on_the_drop(fitted_ckpt, fitted_yaml, tmp_path, monkeypatch):
     """`bench CKPT --data`: AP / AP50 per runtime and format, each format's difference from torch fp32,
     fp32 exports within 0.1 AP of torch, int8 reports its drop, and `--max-ap-drop` exits 1 exactly when a
     format falls further than allowed."""
@@ -89,7 +84,7 @@ def test_bench_data_reports_ap_per_format_and_gates_on_the_drop(fitted_ckpt, fit
         runtimes.append("ncnn")
     except ImportError:
         pass
-    args = ["bench", str(fitted_ckpt), "--data", str(fit_yaml), "--threads", "1", "--runs", "1", "--warmup", "0",
+    args = ["bench", str(fitted_ckpt), "--data", str(fitted_yaml), "--threads", "1", "--runs", "1", "--warmup", "0",
             "--md", str(tmp_path / "B.md"), "--png", str(tmp_path / "p.png"), "--max-ap-drop", "0.1"]
     for rt in runtimes:
         args += ["--runtime", rt]
