@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_checks import INT8, ap_lines
+from .bench_checks import INT8, ap_lines, measure_ap
 
 
 def _load_chw(path) -> torch.Tensor:
@@ -306,22 +306,6 @@ def bench_model(spec: str, load_model=None):
         return (Path(spec).stem if is_file else spec.replace(":", "-")), cfg, model, True, not is_file
     cfg = load_config(spec)
     return spec, cfg, build_model(cfg.model).eval(), False, True
-
-
-def measure_ap(evaluate, model, backends: dict, model_runtimes, progress, name: str, threads: int) -> dict:
-    """{runtime: {"ap", "ap50"} (x100)} from `evaluate` on the torch model and each loaded backend, run at
-    `threads` (a runtime's default may oversubscribe a shared machine: ncnn spins on every core)."""
-    out = {}
-    for rt in model_runtimes:
-        form = model if rt == "torch" else backends.get(rt)
-        if form is None:
-            continue
-        if rt != "torch":
-            form = type(form)(form.source, threads=threads)
-        progress(f"bench {name} {rt}: measuring AP")
-        st = evaluate(form)
-        out[rt] = {"ap": round(100 * st["AP"], 3), "ap50": round(100 * st["AP50"], 3)}
-    return out
 
 
 # -- reports --------------------------------------------------------------------------------------------------

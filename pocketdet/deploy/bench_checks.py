@@ -1,5 +1,5 @@
-"""What `pocketdet bench` concludes from its rows: AP of each format against torch fp32 (`--data`), the AP gate
-(`--max-ap-drop`), and int8 that runs slower than fp32 on this CPU."""
+"""Accuracy next to latency in `pocketdet bench`: measured AP per runtime (`--data`), each format's AP against
+torch fp32, the AP gate (`--max-ap-drop`), and int8 that runs slower than fp32 on this CPU."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,6 +9,22 @@ if TYPE_CHECKING:
 
 FP32_REFERENCE = "torch"
 INT8 = "onnxruntime-int8"  # PTQ int8 (QDQ) in ONNX Runtime
+
+
+def measure_ap(evaluate, model, backends: dict, model_runtimes, progress, name: str, threads: int) -> dict:
+    """{runtime: {"ap", "ap50"} (x100)} from `evaluate` on the torch model and each loaded backend, run at
+    `threads` (a runtime's default may oversubscribe a shared machine: ncnn spins on every core)."""
+    out = {}
+    for rt in model_runtimes:
+        form = model if rt == "torch" else backends.get(rt)
+        if form is None:
+            continue
+        if rt != "torch":
+            form = type(form)(form.source, threads=threads)
+        progress(f"bench {name} {rt}: measuring AP")
+        st = evaluate(form)
+        out[rt] = {"ap": round(100 * st["AP"], 3), "ap50": round(100 * st["AP50"], 3)}
+    return out
 
 
 def ap_differences(rows: list[BenchRow]) -> list[dict]:
