@@ -188,10 +188,10 @@ def val(
                                           "by content"),
     data: Path = typer.Option(..., "--data", help="dataset YAML"),
     split: str = typer.Option("val", help="train | val | test"),
-    batch_size: int = typer.Option(8, min=1, help="torch models: images per forward pass"),
-    workers: int = typer.Option(2, min=0, help="torch models: data loader workers (0: load in the main process)"),
-    device: str = typer.Option("auto", help="torch models: auto (a CUDA GPU when there is one) | cpu | cuda | "
-                                            "cuda:N (exports run on the CPU)"),
+    batch_size: int = typer.Option(8, min=1, help="images per forward pass (torch models)"),
+    workers: int = typer.Option(2, min=0, help="data loader workers (0: load in the main process; torch models)"),
+    device: str = typer.Option("auto", help="auto (a CUDA GPU when there is one) | cpu | cuda | cuda:N "
+                                            "(torch models; exports run on the CPU)"),
     runtime: str = typer.Option("auto", help="auto (from the file) | torch | onnx | ncnn"),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: runtime default)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the stats to this JSON file"),
