@@ -39,7 +39,7 @@ from pocketdet.data.coco import CocoDetection  # noqa: E402
 from pocketdet.data.yolo import YoloDetection  # noqa: E402
 from pocketdet.deploy.bench import machine_info, replace_section  # noqa: E402
 from pocketdet.engine.evaluate import evaluate  # noqa: E402
-from pocketdet.engine.init_weights import init_from_model  # noqa: E402
+from pocketdet.init_weights import init_from_model  # noqa: E402
 from pocketdet.engine.trainer import TrainOptions, train  # noqa: E402
 
 MODEL = "ssdlite_mnv3_small_320"

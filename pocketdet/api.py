@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, load_config, parse_config, zoo_names
-from .engine.checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .models import build_model
 from .models.base import DetectionModel
 
@@ -50,7 +50,7 @@ def build(name: str, num_classes: int = 80, class_names: list[str] | None = None
     """A zoo model; COCO's 80 class names by default. weights=None: random init. weights="coco" (a tag of
     the zoo YAML's `weights`), a checkpoint or a Paddle file: those weights, in eval mode; with other
     class_names the class-dependent layers are rebuilt (classes whose name matches keep their trained rows,
-    `engine.init_weights`)."""
+    `init_weights`)."""
     if weights is None:
         cfg = load_config(name)
         if class_names is None and num_classes == 80:
@@ -63,7 +63,7 @@ def build(name: str, num_classes: int = 80, class_names: list[str] | None = None
     if model.zoo_config.model["arch"] != arch:
         raise CheckpointError(f"{weights}: holds a {model.zoo_config.model['arch']} model, not {name} ({arch})")
     if class_names is not None and list(class_names) != list(model.class_names):
-        from .engine.init_weights import init_from_model
+        from .init_weights import init_from_model
         target = build_model(model.zoo_config.model, class_names=list(class_names))
         init_from_model(target, model, str(weights))
         target.zoo_config = model.zoo_config

@@ -42,7 +42,7 @@ def _user_errors():
     from .config import ConfigError
     from .data.errors import DataError
     from .deploy.runtime import ModelFileError
-    from .engine.checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
     from .engine.device import DeviceError
     from .engine.trainer import TrainingError
     return (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError, DeviceError, TrainingError)
@@ -154,12 +154,12 @@ def _pretrained_init(src: str, min_fraction: float = 1 / 3):
 
 def _weights_init(model_spec: str, weights: str):
     """Whole-detector init from `weights` (resolved, downloaded and converted now, before training starts);
-    class layers rebuilt when the dataset's classes differ (pocketdet/engine/init_weights.py)."""
+    class layers rebuilt when the dataset's classes differ (pocketdet/init_weights.py)."""
     from .api import load, weights_checkpoint
     ckpt = weights_checkpoint(model_spec, weights)
 
     def init(model):
-        from .engine.init_weights import init_from_model
+        from .init_weights import init_from_model
         report = init_from_model(model, load(ckpt), weights)
         logging.getLogger("pocketdet.train").info("%s", report.summary())
     return init

@@ -27,7 +27,7 @@ from .config import ConfigError, WeightsCfg, load_config
 from .convert.common import WeightConversionError, save_converted
 from .convert.paddle import convert_paddle
 from .convert.paddle_io import PaddleFormatError
-from .engine.checkpoint import CheckpointError
+from .checkpoint import CheckpointError
 
 log = logging.getLogger("pocketdet.hub")
 

@@ -96,7 +96,7 @@ def _stored_int8(spec, threads) -> ModelForm | None:
     import shutil
     import tempfile
 
-    from .compress.quant import stored_int8_onnx
+    from .checkpoint import stored_int8_onnx
 
     data = stored_int8_onnx(spec)
     if data is None:

@@ -130,7 +130,7 @@ def test_pretrained_of_another_family_is_refused_and_counts_are_logged(tmp_path,
     import pocketdet
     from pocketdet.cli import _pretrained_init
     from pocketdet.convert.common import WeightConversionError
-    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.checkpoint import save_atomic
 
     large = tmp_path / "large.pt"
     save_atomic({"model": pocketdet.build("ssdlite_mnv3_large_320").state_dict()}, large)

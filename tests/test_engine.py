@@ -10,7 +10,7 @@ import torch
 import pocketdet
 from pocketdet.config import apply_overrides, load_config
 from pocketdet.data import CocoDetection
-from pocketdet.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from pocketdet.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from pocketdet.engine.evaluate import coco_eval
 from pocketdet.engine.optim import lr_factor, param_groups
 from pocketdet.engine.trainer import TrainOptions, train

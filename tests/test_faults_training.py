@@ -17,7 +17,7 @@ from pocketdet.cli import app
 from pocketdet.config import apply_overrides, load_config
 from pocketdet.data import CocoDetection
 from pocketdet.engine import checkpoint as ckpt
-from pocketdet.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from pocketdet.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from pocketdet.engine.trainer import TrainingError, TrainOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]

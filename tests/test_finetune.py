@@ -16,8 +16,8 @@ from pocketdet.cli import app
 from pocketdet.config import load_config
 from pocketdet.convert.paddle import paddle_static_arrays
 from pocketdet.convert.paddle_io import write_pdparams
-from pocketdet.engine.checkpoint import CheckpointError, save_atomic
-from pocketdet.engine.init_weights import class_rows, init_from_model
+from pocketdet.checkpoint import CheckpointError, save_atomic
+from pocketdet.init_weights import class_rows, init_from_model
 from pocketdet.models import build_model
 
 NEW = ["dog", "widget", "person"]  # two COCO names (COCO index 16 and 0) and one unknown

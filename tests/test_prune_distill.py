@@ -10,7 +10,7 @@ from pocketdet.compress.distill import distill_step_losses, split_distill_loss
 from pocketdet.compress.prune import (PruneError, SEED_PRUNE_PARAMS, SEED_PRUNE_RATIOS, filters_to_prune,
                                       prune, pruned_config, read_block_widths)
 from pocketdet.config import load_config
-from pocketdet.engine.checkpoint import save_atomic
+from pocketdet.checkpoint import save_atomic
 from pocketdet.models.yolov3 import YOLOv3
 
 SPEC_WIDTHS = [[128, 256, 128, 256, 128, 256], [64, 128, 64, 128, 64, 128], [16, 32, 16, 32, 16, 32]]

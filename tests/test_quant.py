@@ -163,7 +163,7 @@ def test_cli_quantize_then_export(tmp_path, overfit):
 
     from pocketdet.cli import app
     from pocketdet.config import load_config
-    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.checkpoint import save_atomic
     from pocketdet.engine.trainer import checkpoint_state
 
     ck = tmp_path / "float.pt"

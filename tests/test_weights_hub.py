@@ -237,7 +237,7 @@ def test_every_model_verb_resolves_through_the_one_function(verb, monkeypatch, t
 
     import pocketdet.api as api
     from pocketdet.cli import app
-    from pocketdet.engine.checkpoint import CheckpointError
+    from pocketdet.checkpoint import CheckpointError
     seen = []
 
     def fake(spec):
@@ -256,7 +256,7 @@ def test_train_weights_coco_downloads_before_training_and_maps_rows(hub_env, sma
     """`pocketdet train NAME --weights coco`: the file is fetched and converted when the option is read (before
     any training), and the init hook maps the dataset's classes onto it."""
     from pocketdet.cli import _weights_init
-    from pocketdet.engine.init_weights import class_rows
+    from pocketdet.init_weights import class_rows
     home, serve = hub_env
     with serve({url_path("ssdlite_mnv3_small_320"): small_bytes}) as srv:
         init = _weights_init("ssdlite_mnv3_small_320", "coco")

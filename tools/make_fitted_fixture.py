@@ -85,7 +85,7 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 800, eval_every: int = 5
 def main() -> None:
     from pocketdet import api
     from pocketdet.data import CocoDetection
-    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.checkpoint import save_atomic
     from pocketdet.engine.evaluate import evaluate
     from pocketdet.engine.trainer import checkpoint_state
 

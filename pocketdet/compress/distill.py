@@ -174,7 +174,7 @@ def distill_checkpoint(teacher_src: str, student_src: str, data: Path, iters: in
     from ..api import model_from_name_or_checkpoint
     from ..config import load_config
     from ..data import build_dataset, load_dataset_yaml
-    from ..engine.checkpoint import save_atomic
+    from ..checkpoint import save_atomic
 
     student = model_from_name_or_checkpoint(student_src)
     teacher = model_from_name_or_checkpoint(teacher_src)

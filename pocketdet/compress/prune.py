@@ -221,7 +221,7 @@ def pruned_config(cfg_dict: dict, model: YOLOv3, suffix: str = "_pruned") -> dic
 def prune_checkpoint(source: str, out_path, patterns: list[str], ratios: list[float], criterion: str = "fpgm") -> dict:
     """CLI backend: prune a zoo model (random init) or a checkpoint and save a loadable checkpoint."""
     from ..api import model_from_name_or_checkpoint
-    from ..engine.checkpoint import save_atomic
+    from ..checkpoint import save_atomic
 
     model = model_from_name_or_checkpoint(source)  # a checkpoint, NAME:coco, or a zoo name (random init)
     cfg = model.zoo_config.model_dump()

@@ -216,7 +216,7 @@ def qat_finetune(model, cfg, train_dataset, not_quant=(), out_dir=None, iters: i
     """Fake-quant fine-tuning of `model`'s weights with the trainer and the config's recipe (overridable);
     returns the trained model with QATConv2d modules."""
     from pocketdet.config import apply_overrides
-    from pocketdet.engine.checkpoint import load_checkpoint
+    from pocketdet.checkpoint import load_checkpoint
     from pocketdet.engine.trainer import TrainOptions, train
 
     overrides = [f"train.num_workers={workers}"]
@@ -256,7 +256,7 @@ def quantize_checkpoint(model_or_checkpoint, method: str, data, output, not_quan
                         speed_check: bool = True) -> dict:
     """`pocketdet quantize`: float checkpoint (or zoo name) -> quantized checkpoint at `output`.
     Returns a summary dict; with `speed_check`, int8 vs fp32 forward time on this CPU (`quant_speed`)."""
-    from pocketdet.engine.checkpoint import save_atomic
+    from pocketdet.checkpoint import save_atomic
     from pocketdet.engine.trainer import checkpoint_state
 
     if method not in ("ptq", "qat"):
@@ -318,18 +318,3 @@ def _speed_check(model, onnx_bytes: bytes, name: str) -> dict:
     if warning:
         log.warning(warning)
     return {"int8_vs_fp32": speed, **({"warning": warning} if warning else {})}
-
-
-def stored_int8_onnx(checkpoint) -> bytes | None:
-    """The int8 ONNX bytes a quantized checkpoint carries, or None for a float checkpoint / a zoo name."""
-    p = Path(str(checkpoint))
-    if not p.is_file():
-        return None
-    from pocketdet.engine.checkpoint import load_checkpoint
-
-    q = load_checkpoint(p).get("quant")
-    if not q:
-        return None
-    if not isinstance(q, dict) or not isinstance(q.get("onnx"), torch.Tensor):
-        raise QuantError(f"{p}: 'quant' entry has no int8 ONNX model ('onnx' uint8 tensor)")
-    return q["onnx"].numpy().tobytes()

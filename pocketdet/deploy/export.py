@@ -402,7 +402,7 @@ def export_model(model_or_checkpoint, output, format: str = "onnx", *, verify: b
     model = model.eval().cpu().float()
     if format == "onnx" and not isinstance(model_or_checkpoint, nn.Module):
         # a `pocketdet quantize` checkpoint carries its int8 ONNX file (compress/quant.py): write that one
-        from pocketdet.compress.quant import stored_int8_onnx
+        from pocketdet.checkpoint import stored_int8_onnx
 
         int8 = stored_int8_onnx(model_or_checkpoint)
         if int8 is not None:

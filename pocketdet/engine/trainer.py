@@ -20,7 +20,7 @@ from ..data.loader import collate_detection, train_loader
 from ..data.transforms import build_train_transforms
 from ..models import build_model
 from . import distributed as dist_utils
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from ..checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor, set_lr

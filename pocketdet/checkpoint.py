@@ -97,3 +97,17 @@ def set_rng_state(state: dict) -> None:
 
 def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def stored_int8_onnx(checkpoint) -> bytes | None:
+    """The int8 ONNX bytes a `pocketdet quantize` checkpoint carries (its 'quant' entry), or None for a float
+    checkpoint or anything that is not a file (a zoo name)."""
+    p = Path(str(checkpoint))
+    if not p.is_file():
+        return None
+    q = load_checkpoint(p).get("quant")
+    if not q:
+        return None
+    if not isinstance(q, dict) or not isinstance(q.get("onnx"), torch.Tensor):
+        raise CheckpointError(f"{p}: 'quant' entry has no int8 ONNX model ('onnx' uint8 tensor)")
+    return q["onnx"].numpy().tobytes()
