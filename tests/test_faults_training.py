@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pocketdet.cli import app
 from pocketdet.config import apply_overrides, load_config
 from pocketdet.data import CocoDetection
-from pocketdet.engine import checkpoint as ckpt
+from pocketdet import checkpoint as ckpt
 from pocketdet.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from pocketdet.engine.trainer import TrainingError, TrainOptions, train
 
