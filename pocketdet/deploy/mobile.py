@@ -213,5 +213,5 @@ class NcnnDetector(BaseDetector):
         am = self.meta["arch_meta"]
         names = am["roi_levels"]
         levels = [feeds[f"roi_{n}"] for n in names]
-        scores, boxes = cascade_stages(levels, names, feeds["rois"], feeds["image_hw"], self.run_head, am)
+        scores, boxes = cascade_stages(levels, names, feeds["rois"], feeds["image_info"], self.run_head, am)
         return {"scores": scores, "boxes": boxes}

@@ -104,8 +104,9 @@ class YOLOv3Postprocess:
 class CascadePostprocess:
     """Cascade R-CNN: the dense outputs (FPN levels, RPN logits/deltas per level) -> numpy RPN proposals
     (`rcnn_ops.rpn_proposals`) -> the backend's RoI part (`run_part("roi", ...)`: the three cascade stages,
-    scores [R,C+1] and boxes [R,4] in resized-input pixels) -> `rcnn_detections`. Pre-processing keeps the
-    aspect: long side = input_size, bilinear without antialias, padded with the mean to size_divisor."""
+    scores [R,C+1] and final boxes [R,4], inclusive, original-image pixels) -> `rcnn_detections`.
+    Pre-processing keeps the aspect: long side = input_size, cv2-style bilinear with the exact scale, no
+    antialias, padded with the mean to size_divisor (`CascadeRCNN.resize_images`)."""
 
     two_part = True
 
@@ -127,39 +128,46 @@ class CascadePostprocess:
         # the resized size follows the original image, also when `rgb` was decoded smaller, so that the
         # post-processing maps boxes back with the same scale as for a full decode
         nw, nh = self.input_wh(*orig_wh)
-        return rcnn_ops.pad_with_mean(rcnn_ops.resize_bilinear(rgb, nh, nw), self.size_divisor, self.mean)
+        # a full decode is sampled with the exact scale, as the static reader's cv2.resize(fx=fy=scale);
+        # a smaller (draft) decode with its own size ratio
+        w, h = orig_wh
+        factor = rcnn_ops.long_side_scale(h, w, self.input_size) if rgb.shape[:2] == (h, w) else None
+        return rcnn_ops.pad_with_mean(rcnn_ops.resize_bilinear(rgb, nh, nw, factor), self.size_divisor, self.mean)
 
-    def proposals(self, outputs: dict, resized_hw: tuple[int, int]) -> np.ndarray:
+    def proposals(self, outputs: dict) -> np.ndarray:
+        """Clipped to the padded input, as the static graph (its im_info holds the padded size)."""
+        p = outputs[self.levels[0]]
+        stride = self.anchor_cfg["strides"][0]
         return rcnn_ops.rpn_proposals([outputs[f"rpn_logits_{n}"] for n in self.levels],
-                                      [outputs[f"rpn_deltas_{n}"] for n in self.levels], resized_hw,
-                                      self.rpn_cfg, self.anchor_cfg)
+                                      [outputs[f"rpn_deltas_{n}"] for n in self.levels],
+                                      (p.shape[-2] * stride, p.shape[-1] * stride), self.rpn_cfg, self.anchor_cfg)
 
-    def roi_feeds(self, outputs: dict, rois: np.ndarray, resized_hw: tuple[int, int]) -> dict:
+    def roi_feeds(self, outputs: dict, rois: np.ndarray, image_info) -> dict:
+        """image_info: (original h, original w, resize scale)."""
         feeds = {f"roi_{n}": outputs[n] for n in self.roi_levels}
         feeds["rois"] = rois
-        feeds["image_hw"] = np.asarray(resized_hw, np.float32)
+        feeds["image_info"] = np.asarray(image_info, np.float32)
         return feeds
 
     def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int], run_part) -> dict:
         w, h = image_wh
-        resized = rcnn_ops.resized_hw(h, w, self.input_size)
-        rois = self.proposals(outputs, resized)
-        if len(rois) == 0:  # no proposal (e.g. every box under min_size): nothing to pool, no RoI run
+        rois = self.proposals(outputs)
+        if len(rois) == 0:  # no proposal: nothing to pool, no RoI run
             return empty_detections()
-        roi_out = run_part("roi", self.roi_feeds(outputs, rois, resized))
-        return rcnn_detections(roi_out["scores"], roi_out["boxes"], rcnn_ops.long_side_scale(h, w, self.input_size),
-                               (h, w), cfg)
+        info = (h, w, rcnn_ops.long_side_scale(h, w, self.input_size))
+        roi_out = run_part("roi", self.roi_feeds(outputs, rois, info))
+        return rcnn_detections(roi_out["scores"], roi_out["boxes"], cfg)
 
 
-def rcnn_detections(scores: np.ndarray, boxes: np.ndarray, scale: float, orig_hw: tuple[int, int], cfg: dict) -> dict:
-    """`pocketdet.models.cascade_rcnn.postprocess_detections`: boxes divided by the resize scale and clipped
-    to the original image, every (RoI, foreground class) with score > score_thresh, class-wise NMS,
-    the best keep_top_k. scores [R,C+1] (background first), boxes [R,4] class-agnostic."""
-    boxes = rcnn_ops.clip_boxes(boxes / np.float32(scale), *orig_hw)
+def rcnn_detections(scores: np.ndarray, boxes: np.ndarray, cfg: dict) -> dict:
+    """`pocketdet.models.cascade_rcnn.postprocess_detections`: every (RoI, foreground class) with score >
+    score_thresh, class-wise NMS with the +1 IoU (static `multiclass_nms`, normalized=False), the best
+    keep_top_k; boxes returned continuous (x2 + 1). scores [R,C+1] (background first), boxes [R,4]
+    class-agnostic, inclusive, original pixels, already clipped by the RoI part."""
     fg = scores[:, 1:]
     r, c = np.nonzero(fg > cfg["score_thresh"])
     if r.size == 0:
         return empty_detections()
-    sc, bx = fg[r, c], boxes[r]
+    sc, bx = fg[r, c], rcnn_ops.to_continuous(boxes[r])
     keep = npops.batched_nms(bx, sc, c, cfg["nms_thresh"], cfg["keep_top_k"])
     return {"boxes": bx[keep], "scores": sc[keep], "labels": c[keep].astype(np.int64)}

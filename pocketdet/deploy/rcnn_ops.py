@@ -1,11 +1,11 @@
 """Numpy twins of the two-stage (Cascade R-CNN) torch steps that run on the host (torch-free).
 
-Each function mirrors one torch/torchvision step used by `pocketdet.models.cascade_rcnn` in eval mode,
-with the same float32 operations where the order matters for exact decisions (top-k, NMS, level mapping):
-  resize (`CascadeRCNN.resize_images`), anchors (`PaddleAnchorGenerator`), box decoding
-  (torchvision `BoxCoder.decode_single`), proposal filtering (torchvision `RegionProposalNetwork.
-  filter_proposals` in eval) and multi-scale RoIAlign (torchvision `MultiScaleRoIAlign`, aligned=False;
-  only the ncnn backend needs it, the ONNX graph has RoiAlign).
+Each function mirrors one torch step used by `pocketdet.models.cascade_rcnn` in eval mode, with the same
+float32 operations where the order matters for exact decisions (top-k, NMS, level mapping): resize
+(`CascadeRCNN.resize_images`, cv2's exact-scale sampling), anchors (`StaticAnchorGenerator`), box decoding
+and clipping in the static graph's +1 pixel convention (`pixel_boxes`), proposals
+(`PaddleStyleRPN.static_proposals`) and multi-scale RoIAlign (`StaticFPNRoIAlign`; only the ncnn backend
+needs it, the ONNX graph has RoiAlign). Boxes are inclusive (x2 = last pixel) as in `pixel_boxes`.
 tests/test_deploy_cascade.py compares each with its torch twin.
 """
 from __future__ import annotations
@@ -34,10 +34,11 @@ def resized_hw(h: int, w: int, input_size: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _linear_taps(n_in: int, n_out: int):
+def _linear_taps(n_in: int, n_out: int, factor: float | None = None):
     """Source indices and weights of torch's bilinear resize (align_corners=False) along one axis:
-    src = max(scale * (dst + 0.5) - 0.5, 0) with scale = in / out in float32, as ATen computes it."""
-    scale = _F32(n_in / n_out)
+    src = max(scale * (dst + 0.5) - 0.5, 0) with scale = 1 / factor (cv2 / ATen with a given scale
+    factor) or in / out, in float32 as ATen computes it."""
+    scale = _F32(1.0 / factor) if factor else _F32(n_in / n_out)
     src = np.maximum(scale * (np.arange(n_out, dtype=_F32) + _F32(0.5)) - _F32(0.5), _F32(0))
     i0 = src.astype(np.int64)  # floor, src >= 0
     i1 = np.minimum(i0 + 1, n_in - 1)
@@ -45,17 +46,18 @@ def _linear_taps(n_in: int, n_out: int):
     return i0, i1, _F32(1) - w1, w1
 
 
-def resize_bilinear(rgb: np.ndarray, nh: int, nw: int) -> np.ndarray:
+def resize_bilinear(rgb: np.ndarray, nh: int, nw: int, factor: float | None = None) -> np.ndarray:
     """HxWx3 uint8 -> [3,nh,nw] float32 in 0..1 equal to `F.interpolate(x / 255, (nh, nw), "bilinear",
-    align_corners=False)` *without* antialias (Paddle's cv2 INTER_LINEAR). A separable gather + lerp:
+    align_corners=False)` *without* antialias (Paddle's cv2 INTER_LINEAR); with `factor`, sampled with
+    that exact scale as `cv2.resize(fx=fy=factor)` (`CascadeRCNN.resize_images`). A separable gather + lerp:
     measured max difference to torch 6e-6 on coco128 val photos (most pixels within 1 ulp). Rows first,
     which is cheaper when shrinking; torch interpolates columns inside rows, hence the ulp differences."""
     x = rgb.astype(_F32) / _F32(255.0)
     h, w = x.shape[:2]
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(x.transpose(2, 0, 1))
-    r0, r1, a0, a1 = _linear_taps(h, nh)
-    c0, c1, b0, b1 = _linear_taps(w, nw)
+    r0, r1, a0, a1 = _linear_taps(h, nh, factor)
+    c0, c1, b0, b1 = _linear_taps(w, nw, factor)
     rows = np.take(x, r0, axis=0) * a0[:, None, None] + np.take(x, r1, axis=0) * a1[:, None, None]
     out = np.take(rows, c0, axis=1) * b0[None, :, None] + np.take(rows, c1, axis=1) * b1[None, :, None]
     return np.ascontiguousarray(out.transpose(2, 0, 1))
@@ -72,47 +74,55 @@ def pad_with_mean(chw: np.ndarray, divisor: int, mean) -> np.ndarray:
     return out
 
 
-# -- anchors and boxes ------------------------------------------------------------------------------------
-def cell_anchors(size: float, aspect_ratios) -> np.ndarray:
-    """torchvision `AnchorGenerator.generate_anchors` for one size: [A,4] rounded, centred on 0."""
-    ar = np.asarray(aspect_ratios, _F32)
-    h_ratios = np.sqrt(ar)
-    w_ratios = _F32(1) / h_ratios
-    ws, hs = w_ratios * _F32(size), h_ratios * _F32(size)
-    return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / _F32(2))
+# -- anchors and boxes (inclusive, +1 widths) ----------------------------------------------------------------
+def cell_anchors(size: float, aspect_ratios, stride: int) -> np.ndarray:
+    """`pixel_boxes.static_cell_anchors`: the static `anchor_generator`'s [A,4] anchors of cell (0, 0)."""
+    ctr = 0.5 * (stride - 1)
+    rows = []
+    for r in aspect_ratios:
+        base_w = math.floor(math.sqrt(stride * stride / float(r)) + 0.5)  # C++ round, half away from 0
+        base_h = math.floor(base_w * float(r) + 0.5)
+        w, h = size / stride * base_w, size / stride * base_h
+        rows.append([ctr - 0.5 * (w - 1), ctr - 0.5 * (h - 1), ctr + 0.5 * (w - 1), ctr + 0.5 * (h - 1)])
+    return np.asarray(rows, np.float64).astype(_F32)
 
 
 def level_anchors(grid_hw: tuple[int, int], size: float, aspect_ratios, stride: int) -> np.ndarray:
-    """`PaddleAnchorGenerator` for one level: [H*W*A, 4] xyxy, row-major cells, ratio fastest; anchors
-    centred in their cell (+ stride / 2)."""
+    """`StaticAnchorGenerator` for one level: [H*W*A, 4], row-major cells, ratio fastest."""
     gh, gw = grid_hw
     sx = np.arange(gw, dtype=_F32) * _F32(stride)
     sy = np.arange(gh, dtype=_F32) * _F32(stride)
     yy, xx = np.meshgrid(sy, sx, indexing="ij")
     shifts = np.stack([xx.ravel(), yy.ravel(), xx.ravel(), yy.ravel()], axis=1)
-    anchors = (shifts[:, None, :] + cell_anchors(size, aspect_ratios)[None]).reshape(-1, 4)
-    return anchors + _F32(stride / 2.0)
+    return (shifts[:, None, :] + cell_anchors(size, aspect_ratios, stride)[None]).reshape(-1, 4)
 
 
-def decode_deltas(deltas: np.ndarray, boxes: np.ndarray, weights, clip: float) -> np.ndarray:
-    """torchvision `BoxCoder.decode_single` (one class-agnostic box per row): [N,4] deltas on [N,4] boxes."""
+def decode_deltas(deltas: np.ndarray, boxes: np.ndarray, weights, clip: float | None) -> np.ndarray:
+    """`pixel_boxes.decode`: [N,4] deltas on [N,4] inclusive boxes, +1 widths; dw/dh clamped at `clip`
+    (the RPN) or not at all (None: the cascade stages, as the static `box_coder`)."""
     wx, wy, ww, wh = (_F32(v) for v in weights)
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
+    widths = boxes[:, 2] - boxes[:, 0] + _F32(1)
+    heights = boxes[:, 3] - boxes[:, 1] + _F32(1)
     ctr_x = boxes[:, 0] + _F32(0.5) * widths
     ctr_y = boxes[:, 1] + _F32(0.5) * heights
-    dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
-    dw = np.minimum(deltas[:, 2] / ww, _F32(clip))
-    dh = np.minimum(deltas[:, 3] / wh, _F32(clip))
-    pcx, pcy = dx * widths + ctr_x, dy * heights + ctr_y
-    half_w, half_h = _F32(0.5) * (np.exp(dw) * widths), _F32(0.5) * (np.exp(dh) * heights)
-    return np.stack([pcx - half_w, pcy - half_h, pcx + half_w, pcy + half_h], axis=1)
+    dw, dh = deltas[:, 2] / ww, deltas[:, 3] / wh
+    if clip is not None:
+        dw, dh = np.minimum(dw, _F32(clip)), np.minimum(dh, _F32(clip))
+    pcx, pcy = deltas[:, 0] / wx * widths + ctr_x, deltas[:, 1] / wy * heights + ctr_y
+    with np.errstate(over="ignore"):  # as the op: an unclamped huge dw gives an infinite box
+        half_w, half_h = _F32(0.5) * (np.exp(dw) * widths), _F32(0.5) * (np.exp(dh) * heights)
+    return np.stack([pcx - half_w, pcy - half_h, pcx + half_w - _F32(1), pcy + half_h - _F32(1)], axis=1)
 
 
 def clip_boxes(boxes: np.ndarray, h: float, w: float) -> np.ndarray:
-    """torchvision `clip_boxes_to_image` for size (h, w): x in [0, w], y in [0, h]."""
-    hi = np.array([w, h, w, h], _F32)
+    """`pixel_boxes.clip`: inclusive boxes to the pixels 0..w-1, 0..h-1."""
+    hi = np.array([w, h, w, h], _F32) - _F32(1)
     return np.minimum(np.maximum(boxes, _F32(0)), hi)
+
+
+def to_continuous(boxes: np.ndarray) -> np.ndarray:
+    """Inclusive -> continuous (x2 + 1, y2 + 1); the continuous IoU of these is the +1 IoU."""
+    return boxes + np.array([0, 0, 1, 1], _F32)
 
 
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -121,40 +131,41 @@ def _top_k(values: np.ndarray, k: int) -> np.ndarray:
     return npops.best_first(values, min(k, len(values)))
 
 
-def rpn_proposals(logits: list[np.ndarray], deltas: list[np.ndarray], image_hw: tuple[int, int],
+def rpn_proposals(logits: list[np.ndarray], deltas: list[np.ndarray], padded_hw: tuple[int, int],
                   cfg: dict, anchor_cfg: dict) -> np.ndarray:
-    """Eval-mode RPN proposals of one image, as torchvision `filter_proposals` used by
-    `PaddleStyleRPN.proposals_from_head`: per level the `pre_nms_top_n` highest logits, their anchors
-    decoded, sigmoid, clipped to the unpadded image (h, w), boxes under `min_size` and scores under
-    `score_thresh` dropped, NMS per level at `nms_thresh`, the best `post_nms_top_n` over all levels.
-    logits[l]: [1,A,H,W], deltas[l]: [1,4A,H,W]. Returns [R,4] float32, best first.
-    Only the selected anchors are decoded (decoding is elementwise, so this equals torch's decode-all)."""
+    """Eval-mode RPN proposals of one image, as `PaddleStyleRPN.static_proposals`: per level the
+    `pre_nms_top_n` best sigmoid scores, their anchors decoded (+1 widths), clipped to the padded input,
+    boxes with x2 < x1 dropped, NMS with the +1 IoU per level at `nms_thresh`, the best `post_nms_top_n`
+    over all levels. logits[l]: [1,A,H,W], deltas[l]: [1,4A,H,W]. Returns [R,4] float32, best first.
+    Only the selected anchors are decoded (decoding is elementwise, so this equals decode-all)."""
     boxes, scores, levels = [], [], []
-    h, w = image_hw
+    h, w = padded_hw
     for lvl, (lg, dl) in enumerate(zip(logits, deltas)):
         _, a, gh, gw = lg.shape
-        flat = lg[0].transpose(1, 2, 0).reshape(-1)  # (H, W, A), as concat_box_prediction_layers
-        idx = _top_k(flat, cfg["pre_nms_top_n"])
+        flat = lg[0].transpose(1, 2, 0).reshape(-1)  # (H, W, A), as the op
+        s = _F32(1) / (_F32(1) + np.exp(-flat))
+        idx = _top_k(s, cfg["pre_nms_top_n"])
         d = dl[0].reshape(a, 4, gh, gw).transpose(2, 3, 0, 1).reshape(-1, 4)[idx]
         anchors = level_anchors((gh, gw), anchor_cfg["sizes"][lvl], anchor_cfg["aspect_ratios"],
                                 anchor_cfg["strides"][lvl])[idx]
         b = clip_boxes(decode_deltas(d, anchors, cfg["weights"], cfg["bbox_xform_clip"]), h, w)
-        s = _F32(1) / (_F32(1) + np.exp(-flat[idx]))
-        keep = ((b[:, 2] - b[:, 0]) >= cfg["min_size"]) & ((b[:, 3] - b[:, 1]) >= cfg["min_size"])
-        keep &= s >= cfg["score_thresh"]
+        keep = (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
         boxes.append(b[keep])
-        scores.append(s[keep])
+        scores.append(s[idx][keep])
         levels.append(np.full(int(keep.sum()), lvl))
     boxes, scores, levels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(levels)
-    keep = npops.batched_nms(boxes, scores, levels, cfg["nms_thresh"], cfg["post_nms_top_n"])
+    keep = npops.batched_nms(to_continuous(boxes), scores, levels, cfg["nms_thresh"], cfg["post_nms_top_n"])
     return np.ascontiguousarray(boxes[keep], dtype=_F32)
 
 
 # -- RoIAlign (ncnn backend only) ----------------------------------------------------------------------------
 def roi_levels(rois: np.ndarray, k_min: int, k_max: int, canonical_scale: int, canonical_level: int) -> np.ndarray:
-    """torchvision `LevelMapper`: floor(level0 + log2(sqrt(area) / scale0) + 1e-6), clamped, minus k_min."""
-    s = np.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
-    lvl = np.floor(_F32(canonical_level) + np.log2(s / _F32(canonical_scale)) + _F32(1e-6))
+    """`pixel_boxes.fpn_levels`: floor(log2(sqrt(+1 area) / scale0 + 1e-6) + level0), clamped, minus k_min."""
+    w = rois[:, 2] - rois[:, 0] + _F32(1)
+    h = rois[:, 3] - rois[:, 1] + _F32(1)
+    area = np.where((rois[:, 2] >= rois[:, 0]) & (rois[:, 3] >= rois[:, 1]), w * h, _F32(0))
+    with np.errstate(divide="ignore"):
+        lvl = np.floor(np.log2(np.sqrt(area) / _F32(canonical_scale) + _F32(1e-6)) + _F32(canonical_level))
     return (np.clip(lvl, k_min, k_max) - k_min).astype(np.int64)
 
 
@@ -224,8 +235,8 @@ def _roi_align_hwc(hwc: np.ndarray, rois: np.ndarray, spatial_scale: float, outp
 
 def multiscale_roi_align(levels: list[np.ndarray], rois: np.ndarray, padded_hw: tuple[int, int], cfg: dict
                          ) -> np.ndarray:
-    """torchvision `MultiScaleRoIAlign` for one image: each RoI pooled from the level the FPN rule picks.
-    Scales as `_infer_scale` (2^round(log2(feature height / padded height))); cfg: metadata `roi_align`.
+    """`StaticFPNRoIAlign` for one image: each RoI pooled from the level the +1-area rule picks, at
+    scale 1 / stride (2^round(log2(feature height / padded height))); cfg: metadata `roi_align`.
     levels: [1,C,H,W] maps, or [H,W,C] channels-last copies (saves the transposition on repeated calls)."""
     heights = [f.shape[0] if f.ndim == 3 else f.shape[-2] for f in levels]
     scales = [2.0 ** round(math.log2(fh / padded_hw[0])) for fh in heights]
@@ -247,14 +258,15 @@ def softmax_rows(logits: np.ndarray) -> np.ndarray:
     return npops.softmax(np.array(logits, dtype=_F32, copy=True), axis=-1)
 
 
-def cascade_stages(levels: list[np.ndarray], level_names: list[str], rois: np.ndarray, image_hw, run_head,
+def cascade_stages(levels: list[np.ndarray], level_names: list[str], rois: np.ndarray, image_info, run_head,
                    arch_meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """`RoIStagesExport` with RoIAlign on the host: `run_head(k, x [R, C*ph*pw]) -> (cls logits [R, C+1],
-    deltas [R, 4])` runs stage k's FC head (ncnn). Returns (scores [R, C+1] = mean of every stage's softmax
-    on the last stage's RoI features, boxes [R, 4] = last stage's decoded RoIs clipped to image_hw)."""
+    deltas [R, 4])` runs stage k's FC head (ncnn). image_info: (original h, original w, resize scale).
+    Returns (scores [R, C+1] = mean of every stage's softmax on the last stage's RoI features, boxes [R, 4]
+    = the last stage's RoIs / scale decoded in original pixels, clipped to w-1 / h-1; inclusive)."""
     stride = 2 ** int(level_names[0][1:])  # first pooled level, e.g. p2 -> 4
     padded_hw = (levels[0].shape[-2] * stride, levels[0].shape[-1] * stride)
-    h, w = (float(v) for v in image_hw)
+    h, w, scale = (float(v) for v in image_info)
     cfg = arch_meta["roi_align"]
     weights = arch_meta["stage_box_weights"]
     rois = np.asarray(rois, _F32)
@@ -262,8 +274,10 @@ def cascade_stages(levels: list[np.ndarray], level_names: list[str], rois: np.nd
     for k in range(len(weights)):
         x = multiscale_roi_align(levels_hwc, rois, padded_hw, cfg).reshape(len(rois), -1)
         cls_logits, deltas = run_head(k, x)
-        rois = clip_boxes(decode_deltas(deltas, rois, weights[k], arch_meta["bbox_xform_clip"]), h, w)
+        if k + 1 < len(weights):  # no clipping between stages (static `box_coder`)
+            rois = decode_deltas(deltas, rois, weights[k], None)
     probs = softmax_rows(cls_logits)
     for k in range(len(weights) - 1):  # earlier stages' classifiers on the last stage's RoI features
         probs += softmax_rows(run_head(k, x)[0])
-    return probs / _F32(len(weights)), rois
+    boxes = clip_boxes(decode_deltas(deltas, rois / _F32(scale), weights[-1], None), h, w)
+    return probs / _F32(len(weights)), boxes

@@ -1,0 +1,166 @@
+"""Paddle reference for Cascade R-CNN's static-graph box conventions (run with `.venv-paddle/bin/python`).
+
+The official Cascade R-CNN MobileNetV3-FPN weights were trained and evaluated by PaddleDetection's static
+graph (the fluid-era ppdet 0.4.x: `static/ppdet/modeling/architectures/cascade_rcnn.py`,
+`anchor_heads/rpn_head.py` FPNRPNHead, `roi_extractors/roi_extractor.py` FPNRoIAlign,
+`roi_heads/cascade_head.py`, `data/transform/operators.py` ResizeImage). paddle 3.3.1 still ships the
+legacy ops that graph calls; this script runs them on seeded inputs and stores inputs and outputs in
+tests/fixtures/cascade_static_ops.npz, which tests/test_cascade_rcnn.py compares pocketdet against:
+
+  resize_*     the static reader's `cv2.resize(im, None, None, fx=s, fy=s, INTER_LINEAR)` on a float image
+  anchors_*    `anchor_generator` per FPN level with the 320 / 640 configs (offset 0.5)
+  props_*      `generate_proposals` (v1: im_info = padded h, w, scale) per level + `collect_fpn_proposals`
+  roi_*        `distribute_fpn_proposals` + `roi_align` per level + the restore gather (`FPNRoIAlign`)
+  coder_*      `box_coder(decode_center_size, box_normalized=False, axis=1)` with the three stage variances,
+               and the final decode on RoIs divided by the resize scale
+  nms_*        `multiclass_nms3` (normalized=False, background 0) on class-agnostic boxes, as `get_prediction`
+
+`box_clip` segfaults in paddle 3's dygraph without LoD input, so the final clip is not run here (it is
+`min(max(x, 0), round(im_w / im_scale) - 1)` in the fluid kernel, with im_scale 1 for `im_shape`).
+
+    .venv-paddle/bin/python tools/cascade_static_reference.py [--out tests/fixtures/cascade_static_ops.npz]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paddle
+from paddle import _legacy_C_ops as L
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "data/coco_mini/val2017/000000000139.jpg"
+ANCHOR_START = {320: 16.0, 640: 24.0}
+RATIOS = [0.5, 1.0, 2.0]
+STAGE_VARIANCES = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [1 / 30, 1 / 30, 1 / 15, 1 / 15]]
+
+
+def T(a) -> paddle.Tensor:
+    return paddle.to_tensor(np.ascontiguousarray(a))
+
+
+def anchors(grid_hw, size: float, stride: float) -> tuple[paddle.Tensor, paddle.Tensor]:
+    x = paddle.zeros([1, 1, *grid_hw])
+    return L.anchor_generator(x, "anchor_sizes", [float(size)], "aspect_ratios", RATIOS,
+                              "variances", [1.0, 1.0, 1.0, 1.0], "stride", [float(stride)] * 2, "offset", 0.5)
+
+
+def resize_cases(out: dict) -> None:
+    rgb = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+    crop = rgb[100:121, 200:229]  # 21 x 29: fractional scaled sides for both factors below
+    out["resize_input"] = crop
+    for i, s in enumerate([0.7331, 2.3719]):
+        im = crop.astype(np.float32) / 255.0
+        out[f"resize_scale_{i}"] = np.float64(s)
+        out[f"resize_out_{i}"] = cv2.resize(im, None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+
+
+def anchor_cases(out: dict) -> None:
+    for size, start in ANCHOR_START.items():
+        for lvl in range(2, 7):
+            a, _ = anchors((3, 5), start * 2 ** (lvl - 2), 2 ** lvl)
+            out[f"anchors_{size}_p{lvl}"] = a.numpy().reshape(-1, 4)
+
+
+def proposal_cases(out: dict, rng) -> None:
+    """A 64 x 96 padded input (P2 16x24 ... P6 1x2) with the 320 config; small top-n so the cuts bind."""
+    hp, wp, scale, pre_n, post_n = 64, 96, 0.8, 60, 25
+    out["props_im_info"] = np.array([hp, wp, scale], np.float32)
+    out["props_top_n"] = np.array([pre_n, post_n])
+    rois, probs = [], []
+    for lvl in range(2, 7):
+        gh, gw = max(1, hp // 2 ** lvl), max(1, wp // 2 ** lvl)
+        logits = rng.normal(0.0, 2.0, (1, 3, gh, gw)).astype(np.float32)
+        deltas = rng.normal(0.0, 0.6, (1, 12, gh, gw)).astype(np.float32)
+        out[f"props_logits_p{lvl}"], out[f"props_deltas_p{lvl}"] = logits, deltas
+        an, var = anchors((gh, gw), 16.0 * 2 ** (lvl - 2), 2 ** lvl)
+        r, p, _ = L.generate_proposals(paddle.nn.functional.sigmoid(T(logits)), T(deltas),
+                                       T(out["props_im_info"][None]), an, var, "pre_nms_topN", pre_n,
+                                       "post_nms_topN", post_n, "nms_thresh", 0.7, "min_size", 0.0, "eta", 1.0)
+        rois.append(r)
+        probs.append(p)
+    nums = [paddle.to_tensor(np.array([r.shape[0]], np.int32)) for r in rois]
+    collected, _ = L.collect_fpn_proposals(rois, probs, nums, "post_nms_topN", post_n)
+    out["props_rois"] = collected.numpy()
+
+
+def roi_align_cases(out: dict, rng) -> None:
+    """FPNRoIAlign of the 320 config (P2-P4, canonical level 3 at 112 px) on a 128 x 160 input."""
+    feats = [rng.normal(0, 1, (1, 4, 128 // s, 160 // s)).astype(np.float32) for s in (4, 8, 16)]
+    n = 40
+    xy = rng.uniform(-10, 140, (n, 2))
+    wh = np.exp(rng.uniform(np.log(4), np.log(300), (n, 2)))
+    rois = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    rois[:4] = [[0, 0, 110, 110], [0, 0, 111, 111], [0, 0, 223, 223], [20, 20, 19, 30]]  # level edges, inverted
+    multi, restore, nums = L.distribute_fpn_proposals(T(rois), T(np.array([n], np.int32)), 3, 3, "min_level", 2,
+                                                     "max_level", 4, "refer_level", 3, "refer_scale", 112,
+                                                     "pixel_offset", True)
+    pooled, level_of = [], np.zeros(n, np.int64)
+    restore = restore.numpy().ravel()
+    start = 0
+    for k, (r, f) in enumerate(zip(multi, feats)):
+        cnt = r.shape[0]
+        level_of[np.argsort(restore)[start:start + cnt]] = k  # restore[i] = row of RoI i in the concatenation
+        start += cnt
+        if cnt:
+            pooled.append(L.roi_align(T(f), r, T(np.array([cnt], np.int32)), "pooled_height", 7, "pooled_width", 7,
+                                      "spatial_scale", 1.0 / 2 ** (k + 2), "sampling_ratio", 2,
+                                      "aligned", False).numpy())
+    out.update({f"roi_feat_p{k + 2}": f for k, f in enumerate(feats)})
+    out["roi_rois"], out["roi_levels"] = rois, level_of
+    out["roi_pooled"] = np.concatenate(pooled)[restore]
+
+
+def coder_cases(out: dict, rng) -> None:
+    n = 30
+    xy = rng.uniform(0, 200, (n, 2))
+    rois = np.concatenate([xy, xy + rng.uniform(2, 120, (n, 2))], 1).astype(np.float32)
+    deltas = rng.normal(0, 0.8, (n, 4)).astype(np.float32)
+    deltas[0] = [0.3, -0.2, 12.0, 9.0]  # large dw/dh: box_coder has no clamp
+    out["coder_rois"], out["coder_deltas"] = rois, deltas
+    for k, var in enumerate(STAGE_VARIANCES):
+        o = L.box_coder(T(rois), None, T(deltas[:, None]), "code_type", "decode_center_size",
+                        "box_normalized", False, "axis", 1, "variance", var)
+        out[f"coder_stage{k}"] = o.numpy().reshape(-1, 4)
+    scale = np.float32(0.53)
+    out["coder_scale"] = scale
+    o = L.box_coder(T(rois / scale), None, T(deltas[:, None]), "code_type", "decode_center_size",
+                    "box_normalized", False, "axis", 1, "variance", STAGE_VARIANCES[-1])
+    out["coder_final"] = o.numpy().reshape(-1, 4)
+
+
+def nms_cases(out: dict, rng) -> None:
+    """Class-agnostic boxes expanded over the classes, as `get_prediction` feeds `multiclass_nms`."""
+    m, c = 60, 6
+    ctr = rng.uniform(20, 100, (5, 2))[rng.integers(0, 5, m)] + rng.normal(0, 4, (m, 2))
+    wh = rng.uniform(4, 40, (m, 2))
+    boxes = np.round(np.concatenate([ctr - wh / 2, ctr + wh / 2], 1)).astype(np.float32)  # whole pixels: +1 matters
+    logits = rng.normal(0, 2, (m, c)).astype(np.float32)
+    scores = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    res, _, num = L.multiclass_nms3(T(np.repeat(boxes[:, None], c, 1)), T(scores), T(np.array([m], np.int32)),
+                                    "background_label", 0, "score_threshold", 0.05, "nms_top_k", -1,
+                                    "nms_threshold", 0.5, "keep_top_k", 30, "nms_eta", 1.0, "normalized", False)
+    out["nms_boxes"], out["nms_scores"], out["nms_out"] = boxes, scores, res.numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "cascade_static_ops.npz")
+    args = ap.parse_args()
+    paddle.set_device("cpu")
+    rng = np.random.default_rng(0)
+    out: dict = {"paddle": np.array(paddle.__version__)}
+    resize_cases(out)
+    anchor_cases(out)
+    proposal_cases(out, rng)
+    roi_align_cases(out, rng)
+    coder_cases(out, rng)
+    nms_cases(out, rng)
+    np.savez_compressed(args.out, **out)
+    print(f"{args.out}: {args.out.stat().st_size} bytes, {len(out)} arrays")
+
+
+if __name__ == "__main__":
+    main()
