@@ -115,7 +115,7 @@ def test_roi_head_flops_per_image():
     feats = [torch.zeros(1, FPN_CH, 320 // 2 ** lvl, 320 // 2 ** lvl) for lvl in range(2, 7)]
     props = [torch.tensor([[10.0, 10.0, 200.0, 150.0]]).repeat(100, 1)]
     with FlopCounterMode(display=False) as fc:
-        m.roi_heads.forward_test(m._feature_dict(feats), props, [(320, 320)], (320, 320))
+        m.roi_heads.forward_test(m._feature_dict(feats), props, [torch.tensor([320.0, 320.0, 1.0])])
     per_pass = FPN_CH * 49 * MLP + MLP * MLP + MLP * CLASSES + MLP * 8
     assert fc.get_total_flops() // 2 == 5 * 100 * per_pass == 164_416_000
 
@@ -157,10 +157,11 @@ def test_anchors_one_size_per_level_centred_in_cells(size, anchors):
         stride = 2 ** lvl
         ctr = (chunk[:, :2] + chunk[:, 2:]) / 2
         assert torch.allclose(ctr[0], torch.tensor([stride / 2, stride / 2]), atol=0.51)
-        wh = chunk[:3, 2:] - chunk[:3, :2]
+        wh = chunk[:3, 2:] - chunk[:3, :2] + 1  # inclusive boxes, +1 widths (static anchor_generator)
         size_l = anchors[lvl - 2]
-        # ratios 0.5, 1, 2 (h / w): sqrt(w*h) ~ size, h/w ~ ratio (rounded to whole pixels)
-        assert torch.allclose((wh[:, 0] * wh[:, 1]).sqrt(), torch.full((3,), float(size_l)), rtol=0.06)
+        # ratios 0.5, 1, 2 (h / w): sqrt(w*h) ~ size, h/w ~ ratio; the op rounds a stride-sized base box
+        # before scaling (P2 ratio 0.5: 6 x 3 -> 24 x 12, sqrt 16.97 for size 16)
+        assert torch.allclose((wh[:, 0] * wh[:, 1]).sqrt(), torch.full((3,), float(size_l)), rtol=0.065)
         assert torch.allclose(wh[:, 1] / wh[:, 0], torch.tensor([0.5, 1.0, 2.0]), rtol=0.1)
 
 
@@ -175,7 +176,9 @@ def test_roi_level_mapping(size, expected):
     feats = {n: torch.full((1, FPN_CH, 1024 // 2 ** int(n[1:]), 1024 // 2 ** int(n[1:])), float(n[1:]))
              for n in names}
     boxes = torch.tensor([[0.0, 0.0, s, s] for s in expected])
-    pooled = m.roi_heads.box_roi_pool(feats, [boxes], [(1024, 1024)])
+    # inclusive boxes (+1 widths): side s spans s pixels as 0..s-1
+    boxes = boxes - torch.tensor([0.0, 0.0, 1.0, 1.0])
+    pooled = m.roi_heads.box_roi_pool([feats[n] for n in names], [boxes])
     assert pooled[:, 0, 3, 3].tolist() == [float(v) for v in expected.values()]
 
 
@@ -355,8 +358,9 @@ def test_roi_export_module_matches_model_inference():
     x = m._normalize_padded(torch.rand(1, 3, 256, 320), [(240, 320)])
     feats, _, _ = m.forward_raw(x)
     rois = torch.tensor([[5.0, 10, 60, 100], [50, 60, 300, 200], [0, 0, 320, 240], [100, 100, 120, 130]])
-    ref = m.roi_heads.forward_test(m._feature_dict(feats), [rois], [(240, 320)], (256, 320))[0]
-    scores, boxes = RoIStagesExport(m)(*feats[:3], rois, torch.tensor([240.0, 320.0]))
+    info = m.image_info(480, 640)
+    ref = m.roi_heads.forward_test(m._feature_dict(feats), [rois], [info])[0]
+    scores, boxes = RoIStagesExport(m)(*feats[:3], rois, info)
     assert torch.allclose(scores, ref["scores"], atol=1e-6) and torch.allclose(boxes, ref["boxes"], atol=1e-4)
 
 

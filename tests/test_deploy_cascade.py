@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torchvision.ops import MultiScaleRoIAlign
 
 from pocketdet.config import load_config
 from pocketdet.deploy import npops, rcnn_ops
@@ -50,7 +48,7 @@ def test_one_file_holds_both_parts(cascade, cascade_onnx):
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["pocketdet"])
     parts = meta["arch_meta"]["parts"]
     assert parts["dense"]["outputs"] == meta["output_names"] and len(meta["output_names"]) == 15
-    assert parts["roi"] == {"inputs": ["roi_p2", "roi_p3", "roi_p4", "rois", "image_hw"],
+    assert parts["roi"] == {"inputs": ["roi_p2", "roi_p3", "roi_p4", "rois", "image_info"],
                             "outputs": ["scores", "boxes"]}
     graph_inputs = [i.name for i in proto.graph.input]
     assert graph_inputs == ["images"] + parts["roi"]["inputs"]
@@ -88,7 +86,7 @@ def test_detector_predict_equals_model_predict(cascade, cascade_onnx):
 
 def test_no_proposals_skips_the_roi_part(cascade, cascade_onnx, monkeypatch):
     det = Detector(cascade_onnx, threads=1)
-    det._postprocess.rpn_cfg = {**det._postprocess.rpn_cfg, "score_thresh": 1.5}  # sigmoid < 1.5: none pass
+    monkeypatch.setattr(det._postprocess, "proposals", lambda outputs: np.zeros((0, 4), np.float32))
 
     def fail(*args):
         raise AssertionError("the RoI part must not run without proposals")
@@ -96,7 +94,8 @@ def test_no_proposals_skips_the_roi_part(cascade, cascade_onnx, monkeypatch):
     monkeypatch.setattr(det, "run_part", fail)
     out = det.predict(LANDSCAPE)
     assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,) and out["names"] == []
-    monkeypatch.setattr(cascade.rpn, "score_thresh", 1.5)  # torch agrees: no proposal, no detection
+    # torch agrees: no proposal, no detection
+    monkeypatch.setattr(cascade.rpn, "static_proposals", lambda *a: torch.zeros(0, 4))
     assert len(cascade.predict(LANDSCAPE)[0]["scores"]) == 0
 
 
@@ -106,21 +105,22 @@ def test_resize_without_antialias_matches_torch(cascade):
         rgb = npops.load_rgb(photo)
         nh, nw = rcnn_ops.resized_hw(*rgb.shape[:2], 320)
         assert (nh, nw) == cascade.resized_size(*rgb.shape[:2]) and max(nh, nw) == 320
-        t = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()[None] / 255
-        ref = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False)[0].numpy()
-        assert np.abs(rcnn_ops.resize_bilinear(rgb, nh, nw) - ref).max() < 2e-5  # measured 6e-6
+        t = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()
+        ref = cascade.resize_images([t / 255])[0][0, :, :nh, :nw].numpy()
+        s = rcnn_ops.long_side_scale(*rgb.shape[:2], 320)
+        assert np.abs(rcnn_ops.resize_bilinear(rgb, nh, nw, s) - ref).max() < 2e-5  # measured 6e-6
 
 
 def test_anchors_match_the_torch_generator(cascade):
     feats = [torch.zeros(1, 48, 80 // 2 ** k, 56 // 2 ** k) for k in range(4)] + [torch.zeros(1, 48, 5, 4)]
     ref = cascade.anchors_for(feats).numpy()
     gen = cascade.rpn.anchor_generator
-    got = np.concatenate([rcnn_ops.level_anchors(tuple(f.shape[-2:]), s[0], gen.aspect_ratios[0], st)
+    got = np.concatenate([rcnn_ops.level_anchors(tuple(f.shape[-2:]), s, gen.aspect_ratios, st)
                           for f, s, st in zip(feats, gen.sizes, gen.strides)])
     assert np.array_equal(got, ref)
 
 
-def test_numpy_multiscale_roi_align_matches_torchvision(cascade):
+def test_numpy_multiscale_roi_align_matches_torch(cascade):
     rng = np.random.default_rng(0)
     levels = [rng.standard_normal((1, 8, 384 // s, 256 // s)).astype(np.float32) for s in (4, 8, 16)]
     xy = rng.uniform(-20, 260, (90, 2))
@@ -131,8 +131,9 @@ def test_numpy_multiscale_roi_align_matches_torchvision(cascade):
     rois = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     which = rcnn_ops.roi_levels(rois, 2, 4, 112, 3)
     assert np.bincount(which, minlength=3).min() >= 20  # every level is exercised
-    pool = MultiScaleRoIAlign(["p2", "p3", "p4"], 7, 2, canonical_scale=112, canonical_level=3)
-    ref = pool(dict(zip(["p2", "p3", "p4"], map(torch.from_numpy, levels))), [torch.from_numpy(rois)], [(384, 256)])
+    pool = cascade.roi_heads.box_roi_pool
+    assert torch.equal(pool.levels_of(torch.from_numpy(rois)), torch.from_numpy(which))
+    ref = pool([torch.from_numpy(f) for f in levels], [torch.from_numpy(rois)])
     cfg = {"output_size": [7, 7], "sampling_ratio": 2, "canonical_scale": 112, "canonical_level": 3}
     got = rcnn_ops.multiscale_roi_align(levels, rois, (384, 256), cfg)
     assert np.abs(got - ref.numpy()).max() < 1e-5  # measured 4.8e-7

@@ -23,6 +23,7 @@ tests/fixtures/cascade_static_ops.npz, which tests/test_cascade_rcnn.py compares
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import cv2
@@ -145,11 +146,140 @@ def nms_cases(out: dict, rng) -> None:
     out["nms_boxes"], out["nms_scores"], out["nms_out"] = boxes, scores, res.numpy()
 
 
+# --------------------------------------------------------------------------------------------------
+# end to end: the static reader and the static inference graph after the dense network
+# --------------------------------------------------------------------------------------------------
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+ROI_CFG = {320: dict(min_level=2, max_level=4, refer_level=3, refer_scale=112),
+           640: dict(min_level=2, max_level=5, refer_level=4, refer_scale=224)}
+
+
+def static_reader(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DecodeImage(to_rgb) -> NormalizeImage(is_scale, mean, std) -> ResizeImage(target_size = max_size =
+    size, cv2 INTER_LINEAR, fx = fy = scale) -> Permute -> PadBatch(32, use_padded_im_info). Returns
+    (image [1,3,Hp,Wp] float32, im_info [Hp, Wp, scale], im_shape [h, w, 1])."""
+    im = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    h, w = im.shape[:2]
+    im = im / 255.0
+    im -= np.array(MEAN)[None, None]
+    im /= np.array(STD)[None, None]
+    scale = float(size) / float(min(h, w))
+    if np.round(scale * max(h, w)) > size:
+        scale = float(size) / float(max(h, w))
+    im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    rh, rw = im.shape[:2]
+    hp, wp = int(np.ceil(rh / 32) * 32), int(np.ceil(rw / 32) * 32)
+    padded = np.zeros((1, 3, hp, wp), np.float32)
+    padded[0, :, :rh, :rw] = im.transpose(2, 0, 1)
+    return padded, np.array([hp, wp, scale], np.float32), np.array([h, w, 1.0], np.float32)
+
+
+def fpn_roi_align(levels: list[np.ndarray], rois: paddle.Tensor, cfg: dict) -> paddle.Tensor:
+    """`FPNRoIAlign.__call__` (sampling_ratio 2, 7x7) with the legacy ops."""
+    n_lvl = cfg["max_level"] - cfg["min_level"] + 1
+    multi, restore, _ = L.distribute_fpn_proposals(rois, T(np.array([rois.shape[0]], np.int32)), n_lvl, n_lvl,
+                                                   "min_level", cfg["min_level"], "max_level", cfg["max_level"],
+                                                   "refer_level", cfg["refer_level"], "refer_scale",
+                                                   cfg["refer_scale"], "pixel_offset", True)
+    outs = []
+    for k, r in enumerate(multi):
+        if r.shape[0]:
+            outs.append(L.roi_align(T(levels[k]), r, T(np.array([r.shape[0]], np.int32)), "pooled_height", 7,
+                                    "pooled_width", 7, "spatial_scale", 1.0 / 2 ** (cfg["min_level"] + k),
+                                    "sampling_ratio", 2, "aligned", False))
+    return paddle.gather(paddle.concat(outs), restore.reshape([-1]))
+
+
+def two_fc_head(x: paddle.Tensor, w: dict, sfx: str) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """CascadeBBoxHead.get_output with CascadeTwoFCHead: fc6, fc7 (ReLU), cls_score, bbox_pred; static fc
+    weights are [in, out]."""
+    fc = lambda v, n: paddle.matmul(v, w[f"{n}{sfx}_w"]) + w[f"{n}{sfx}_b"]  # noqa: E731
+    h = paddle.nn.functional.relu(fc(x.reshape([x.shape[0], -1]), "fc6"))
+    h = paddle.nn.functional.relu(fc(h, "fc7"))
+    return fc(h, "cls_score"), fc(h, "bbox_pred")
+
+
+def static_inference(dense: dict, weights: dict, im_info, im_shape, size: int) -> dict:
+    """`CascadeRCNN.build(mode='test')` after the FPN: FPNRPNHead.get_proposals (anchor_generator,
+    generate_proposals per level, collect_fpn_proposals), three stages (FPNRoIAlign, head, `_decode_box`
+    without clipping), `CascadeBBoxHead.get_prediction` (mean of 3 softmaxes on the stage-3 features, decode
+    of rois / im_scale, box_clip, multiclass_nms normalized=False)."""
+    start = ANCHOR_START[size]
+    rois_l, probs_l = [], []
+    for lvl in range(2, 7):
+        logits, deltas = dense[f"logits_p{lvl}"], dense[f"deltas_p{lvl}"]
+        an, var = anchors(logits.shape[-2:], start * 2 ** (lvl - 2), 2 ** lvl)
+        r, p, _ = L.generate_proposals(paddle.nn.functional.sigmoid(T(logits)), T(deltas), T(im_info[None]), an,
+                                       var, "pre_nms_topN", 300, "post_nms_topN", 100, "nms_thresh", 0.7,
+                                       "min_size", 0.0, "eta", 1.0)
+        rois_l.append(r)
+        probs_l.append(p)
+    nums = [T(np.array([r.shape[0]], np.int32)) for r in rois_l]
+    rois, _ = L.collect_fpn_proposals(rois_l, probs_l, nums, "post_nms_topN", 100)
+    cfg = ROI_CFG[size]
+    levels = [dense[f"p{lvl}"] for lvl in range(cfg["min_level"], cfg["max_level"] + 1)]
+    stage_rois, preds = [], []
+    for i in range(3):
+        if i > 0:
+            rois = L.box_coder(rois, None, preds[-1][1].reshape([-1, 2, 4])[:, 1:2], "code_type",
+                               "decode_center_size", "box_normalized", False, "axis", 1,
+                               "variance", STAGE_VARIANCES[i - 1]).reshape([-1, 4])
+        stage_rois.append(rois.numpy())
+        feat = fpn_roi_align(levels, rois, cfg)
+        preds.append(two_fc_head(feat, weights, "" if i == 0 else f"_{i + 1}"))
+    probs = [paddle.nn.functional.softmax(two_fc_head(feat, weights, "" if i == 0 else f"_{i + 1}")[0])
+             for i in range(2)] + [paddle.nn.functional.softmax(preds[-1][0])]
+    mean = (probs[0] + probs[1] + probs[2]) / 3.0
+    c = mean.shape[1]
+    delta = paddle.expand(preds[-1][1].reshape([-1, 2, 4])[:, 1:2], [rois.shape[0], c, 4])
+    boxes = L.box_coder(rois / float(im_info[2]), None, delta, "code_type", "decode_center_size",
+                        "box_normalized", False, "axis", 1, "variance", STAGE_VARIANCES[-1]).numpy()
+    # box_clip (its dygraph kernel needs LoD input and crashes): x in [0, round(w / 1) - 1], y likewise
+    hi = np.array([im_shape[1], im_shape[0], im_shape[1], im_shape[0]], np.float32) - 1
+    boxes = np.minimum(np.maximum(boxes, 0), hi).astype(np.float32)
+    res, _, _ = L.multiclass_nms3(T(boxes), mean, T(np.array([boxes.shape[0]], np.int32)), "background_label", 0,
+                                  "score_threshold", 0.05, "nms_top_k", -1, "nms_threshold", 0.5,
+                                  "keep_top_k", 100, "nms_eta", 1.0, "normalized", False)
+    return {"detections": res.numpy(), "scores": mean.numpy(), "final_boxes": boxes[:, 0],
+            **{f"stage{i}_rois": r for i, r in enumerate(stage_rois)}}
+
+
+def load_static_weights(folder: Path) -> dict:
+    """The cascade heads' variables from a static persistables folder (LoDTensor files), read by Paddle."""
+    names = [f"{n}{sfx}_{wb}" for sfx in ("", "_2", "_3") for n in ("fc6", "fc7", "cls_score", "bbox_pred")
+             for wb in ("w", "b")]
+    return {n: paddle.load(str(folder / n)) for n in names}
+
+
+def run_pipeline(work: Path) -> None:
+    """work/request.json: {"size", "images", "weights" (persistables folder)}. Step `reader` writes
+    work/input_{i}.npz; step `heads` reads work/dense_{i}.npz (pocketdet's dense outputs on that input) and
+    writes work/paddle_{i}.npz."""
+    req = json.loads((work / "request.json").read_text())
+    size = int(req["size"])
+    if req["step"] == "reader":
+        for i, img in enumerate(req["images"]):
+            x, info, shape = static_reader(Path(img), size)
+            np.savez(work / f"input_{i}.npz", image=x, im_info=info, im_shape=shape)
+        return
+    weights = load_static_weights(Path(req["weights"]))
+    for i in range(len(req["images"])):
+        inp, dense = np.load(work / f"input_{i}.npz"), dict(np.load(work / f"dense_{i}.npz"))
+        out = static_inference(dense, weights, inp["im_info"], inp["im_shape"], size)
+        np.savez(work / f"paddle_{i}.npz", **out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "cascade_static_ops.npz")
+    ap.add_argument("--pipeline", type=Path, help="run the end-to-end step described in DIR/request.json "
+                                                  "(driven by tools/cascade_static_e2e.py)")
     args = ap.parse_args()
     paddle.set_device("cpu")
+    if args.pipeline:
+        with paddle.no_grad():
+            run_pipeline(args.pipeline)
+        return
     rng = np.random.default_rng(0)
     out: dict = {"paddle": np.array(paddle.__version__)}
     resize_cases(out)

@@ -45,8 +45,7 @@ class StaticFPNRoIAlign(nn.Module):
     def forward(self, feats: list[torch.Tensor], rois: list[torch.Tensor]) -> torch.Tensor:
         """feats: the pooled levels [N, C, H, W] in `featmap_names` order; rois: per image [R_i, 4]."""
         boxes = torch.cat(rois)
-        batch = torch.cat([torch.full((len(r), 1), i, dtype=boxes.dtype, device=boxes.device)
-                           for i, r in enumerate(rois)])
+        batch = torch.cat([torch.zeros_like(r[:, :1]) + i for i, r in enumerate(rois)])  # traced: dynamic R
         with_batch = torch.cat([batch, boxes], 1)
         which = self.levels_of(boxes)
         out = boxes.new_zeros((boxes.shape[0], feats[0].shape[1], *self.output_size))
