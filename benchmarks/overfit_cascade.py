@@ -64,6 +64,8 @@ def stage_ious(model, images, targets, match_iou: float = 0.5) -> list[float]:
     the proposals that overlap a GT box by >= match_iou (the matched GT is the one it overlaps most)."""
     from torchvision.ops import box_iou
 
+    from pocketdet.models.pixel_boxes import to_continuous
+
     was = model.training
     model.eval()
     x, sizes = model.prepare(images)
@@ -73,11 +75,12 @@ def stage_ious(model, images, targets, match_iou: float = 0.5) -> list[float]:
     for o, t, (h, w) in zip(outs, targets, sizes):
         s = model.test_scale(h, w)
         gt = t["boxes"] * s
-        props = o["stage_rois"][0]
+        # the model's internal boxes are inclusive (static +1 convention): compare their continuous form
+        props = to_continuous(o["stage_rois"][0])
         best, gi = box_iou(props, gt).max(1)
         sel = best >= match_iou
         matched = gt[gi[sel]]
-        for k, boxes in enumerate([props] + o["stage_boxes"]):
+        for k, boxes in enumerate([props] + [to_continuous(b) for b in o["stage_boxes"]]):
             b = boxes[sel]
             per_stage[k].append(box_iou(b, matched).diagonal() if len(b) else b.new_zeros(0))
     return [float(torch.cat(v).mean()) if sum(len(a) for a in v) else float("nan") for v in per_stage]

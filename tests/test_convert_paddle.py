@@ -696,3 +696,52 @@ def test_pruned_yolov3_head_widths_come_from_the_file(tmp_path):
         assert torch.equal(model.state_dict()[k], v), k
     loaded = pocketdet.load(save_converted(model, tmp_path / "pruned.pt"))
     assert loaded.block_widths == widths
+
+
+def fluid_cascade_static_names() -> list[str]:
+    """Every persistable name of the static Cascade R-CNN MobileNetV3-FPN graph, written from the fluid-era
+    source (ppdet-notebook 0.4.3.7 = static ppdet), independently of the converter:
+    backbones/mobilenet_v3.py `_conv_bn_layer` ({name}_weights, {name}_bn_{scale,offset,mean,variance}),
+    `_se_block` ({name}_se_{1,2}_{weights,offset}), `MobileNetV3RCNN._residual_unit` (always an expand
+    conv: conv{i}_expand / _depthwise / _linear), all 15 large blocks conv2..conv16 (no conv_last: the
+    config's feature_maps [2, 3, 4] stop below 5); backbones/fpn.py (body names mv3_0..mv3_2 reversed:
+    top `fpn_inner_mv3_2`, `fpn_inner_mv3_{i}_lateral`, `fpn_mv3_{i}`, extra `fpn_5`, `fpn_6`);
+    anchor_heads/rpn_head.py FPNRPNHead (shared `*_fpn2` names); roi_heads/cascade_head.py
+    CascadeTwoFCHead + CascadeBBoxHead with stage suffixes '', '_2', '_3'."""
+    se_blocks = {5, 6, 7, 12, 13, 14, 15, 16}  # large cfg rows with SE (spec §2.1), conv2 = row 0
+    names = []
+    conv = lambda n: [f"{n}_weights"] + [f"{n}_bn_{s}" for s in ("scale", "offset", "mean", "variance")]  # noqa: E731
+    names += conv("conv1")
+    for b in range(2, 17):
+        for part in ("expand", "depthwise", "linear"):
+            names += conv(f"conv{b}_{part}")
+        if b in se_blocks:
+            names += [f"conv{b}_se_{k}_{t}" for k in (1, 2) for t in ("weights", "offset")]
+    wb = lambda n: [f"{n}_w", f"{n}_b"]  # noqa: E731
+    names += wb("fpn_inner_mv3_2") + wb("fpn_inner_mv3_1_lateral") + wb("fpn_inner_mv3_0_lateral")
+    names += [x for i in range(3) for x in wb(f"fpn_mv3_{i}")] + wb("fpn_5") + wb("fpn_6")
+    names += wb("conv_rpn_fpn2") + wb("rpn_cls_logits_fpn2") + wb("rpn_bbox_pred_fpn2")
+    for sfx in ("", "_2", "_3"):
+        names += [x for n in ("fc6", "fc7", "cls_score", "bbox_pred") for x in wb(n + sfx)]
+    return names
+
+
+@pytest.mark.parametrize("size", [320, 640])
+def test_cascade_static_names_follow_the_fluid_source(size):
+    """Name by name: the converter's static map of every Cascade tensor is exactly the fluid graph's names
+    for the layers pocketdet builds, and every other fluid name is a backbone layer past conv14's expand
+    conv that the converter skips by rule."""
+    import pocketdet
+    from pocketdet.convert.paddle import _unused_backbone_layer
+
+    model = pocketdet.build(f"cascade_rcnn_mnv3_large_fpn_{size}")
+    mapped = {dygraph_to_static(to_paddle_dygraph(k)) for k in model.state_dict()
+              if not k.endswith("num_batches_tracked")}
+    fluid = fluid_cascade_static_names()
+    assert len(fluid) == len(set(fluid))
+    assert mapped <= set(fluid), sorted(mapped - set(fluid))
+    rest = sorted(set(fluid) - mapped)
+    assert rest and all(_unused_backbone_layer(n, model) for n in rest), [n for n in rest
+                                                                           if not _unused_backbone_layer(n, model)]
+    assert {n.split("_")[0] for n in rest} == {"conv14", "conv15", "conv16"}
+    assert not any(n.startswith("conv14_expand") for n in rest)

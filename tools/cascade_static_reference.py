@@ -31,6 +31,17 @@ import numpy as np
 import paddle
 from paddle import _legacy_C_ops as L
 
+
+def paddle_names_module():
+    """The converter's torch-free naming rules, loaded from its file (as tools/paddle_reference.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paddle_names", Path(__file__).resolve().parents[1]
+                                                  / "pocketdet/convert/paddle_names.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "data/coco_mini/val2017/000000000139.jpg"
 ANCHOR_START = {320: 16.0, 640: 24.0}
@@ -251,6 +262,76 @@ def load_static_weights(folder: Path) -> dict:
     return {n: paddle.load(str(folder / n)) for n in names}
 
 
+class DenseRef(paddle.nn.Layer):
+    """The dense network of the static config from paddledet 2.6's dygraph modules (issue 17):
+    MobileNetV3-Large returning the expand-conv outputs of conv5 / conv8 / conv14 (`with_extra_blocks`
+    makes a block in `feature_maps` return [expand output, block output]; the extra blocks it also builds
+    run after conv14 and feed nothing), FPN 48 ch with `use_c5` (P5 from raw C4) and ReLU before the P6
+    conv, and the shared RPN head (3x3 + ReLU, 1x1 objectness, 1x1 deltas) as paddle convs, because
+    ppdet 2.6's RPNHead has no per-level static naming. Weights come from the static persistables by
+    the static names of the fluid-era source (body names mv3_0..mv3_2 = C2..C4)."""
+
+    def __init__(self, lr_mult_list):
+        super().__init__()
+        from ppdet.modeling.backbones.mobilenet_v3 import MobileNetV3
+        from ppdet.modeling.necks.fpn import FPN
+
+        self.backbone = MobileNetV3(scale=1.0, model_name="large", feature_maps=[5, 8, 14], with_extra_blocks=True,
+                                    extra_block_filters=[], lr_mult_list=lr_mult_list, conv_decay=1e-5,
+                                    norm_type="bn", freeze_norm=True)
+        self.fpn = FPN(in_channels=[72, 240, 672], out_channel=48, spatial_scales=[0.25, 0.125, 0.0625],
+                       has_extra_convs=True, extra_stage=2, use_c5=True, relu_before_extra_convs=True)
+        self.rpn = {}
+
+    def load_static(self, folder: Path) -> list[str]:
+        """Returns the backbone parameters left without a file (only blocks after conv14's expand conv)."""
+        names = paddle_names_module()
+        state, missing = {}, []
+        for k in self.backbone.state_dict():
+            static = names.dygraph_to_static("backbone." + k)
+            if (folder / static).exists():
+                state[k] = paddle.load(str(folder / static))
+            else:
+                missing.append(k)
+        self.backbone.set_state_dict(state)
+        fpn = {}
+        for i in range(3):
+            lat = "fpn_inner_mv3_2" if i == 2 else f"fpn_inner_mv3_{i}_lateral"
+            for wb, attr in (("w", "weight"), ("b", "bias")):
+                fpn[f"lateral_convs.{i}.{attr}"] = paddle.load(str(folder / f"{lat}_{wb}"))
+                fpn[f"fpn_convs.{i}.{attr}"] = paddle.load(str(folder / f"fpn_mv3_{i}_{wb}"))
+        for j, lvl in enumerate((5, 6)):
+            for wb, attr in (("w", "weight"), ("b", "bias")):
+                fpn[f"fpn_convs.{3 + j}.{attr}"] = paddle.load(str(folder / f"fpn_{lvl}_{wb}"))
+        by_order = dict(zip(self.fpn.state_dict(), self._fpn_keys()))
+        self.fpn.set_state_dict({k: fpn[v] for k, v in by_order.items()})
+        for n in ("conv_rpn_fpn2", "rpn_cls_logits_fpn2", "rpn_bbox_pred_fpn2"):
+            self.rpn[n] = (paddle.load(str(folder / f"{n}_w")), paddle.load(str(folder / f"{n}_b")))
+        return missing
+
+    def _fpn_keys(self) -> list[str]:
+        """FPN state keys in module order, written as lateral_convs.i / fpn_convs.i (ppdet names them
+        fpn_inner_res{i+2}_sum_lateral, fpn_res{i+2}_sum, fpn_5, ...)."""
+        keys = []
+        for i in range(3):
+            keys += [f"lateral_convs.{i}.weight", f"lateral_convs.{i}.bias"]
+            keys += [f"fpn_convs.{i}.weight", f"fpn_convs.{i}.bias"]
+        keys += ["fpn_convs.3.weight", "fpn_convs.3.bias", "fpn_convs.4.weight", "fpn_convs.4.bias"]
+        return keys
+
+    def forward(self, x):
+        taps = self.backbone({"image": x})
+        levels = self.fpn(taps)
+        conv = lambda v, n, **kw: paddle.nn.functional.conv2d(v, *(t.astype(v.dtype) for t in self.rpn[n]), **kw)  # noqa: E731
+        out = {f"c{k + 2}": t for k, t in enumerate(taps)}
+        out.update({f"p{k + 2}": f for k, f in enumerate(levels)})
+        for k, f in enumerate(levels):
+            h = paddle.nn.functional.relu(conv(f, "conv_rpn_fpn2", padding=1))
+            out[f"logits_p{k + 2}"] = conv(h, "rpn_cls_logits_fpn2")
+            out[f"deltas_p{k + 2}"] = conv(h, "rpn_bbox_pred_fpn2")
+        return out
+
+
 def run_pipeline(work: Path) -> None:
     """work/request.json: {"size", "images", "weights" (persistables folder)}. Step `reader` writes
     work/input_{i}.npz; step `heads` reads work/dense_{i}.npz (pocketdet's dense outputs on that input) and
@@ -262,7 +343,25 @@ def run_pipeline(work: Path) -> None:
             x, info, shape = static_reader(Path(img), size)
             np.savez(work / f"input_{i}.npz", image=x, im_info=info, im_shape=shape)
         return
-    weights = load_static_weights(Path(req["weights"]))
+    folder = Path(req["weights"])
+    weights = load_static_weights(folder)
+    if req["step"] == "dense":
+        # Paddle's own dense network on the static reader's input: float32 for the detections, float64
+        # for the parity of every dense tensor (work/paddle_dense64_{i}.npz)
+        net = DenseRef(req["lr_mult_list"])
+        missing = net.load_static(folder)
+        (work / "missing.json").write_text(json.dumps(missing))
+        net.eval()
+        for i in range(len(req["images"])):
+            inp = np.load(work / f"input_{i}.npz")
+            dense = {k: v.numpy() for k, v in net(T(inp["image"])).items()}
+            out = static_inference(dense, weights, inp["im_info"], inp["im_shape"], size)
+            np.savez(work / f"paddle_{i}.npz", **out)
+        net.to(dtype="float64")
+        for i in range(len(req["images"])):
+            x = np.load(work / f"input_{i}.npz")["image"].astype(np.float64)
+            np.savez(work / f"paddle_dense64_{i}.npz", **{k: v.numpy() for k, v in net(T(x)).items()})
+        return
     for i in range(len(req["images"])):
         inp, dense = np.load(work / f"input_{i}.npz"), dict(np.load(work / f"dense_{i}.npz"))
         out = static_inference(dense, weights, inp["im_info"], inp["im_shape"], size)

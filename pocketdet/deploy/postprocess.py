@@ -168,6 +168,6 @@ def rcnn_detections(scores: np.ndarray, boxes: np.ndarray, cfg: dict) -> dict:
     r, c = np.nonzero(fg > cfg["score_thresh"])
     if r.size == 0:
         return empty_detections()
-    sc, bx = fg[r, c], rcnn_ops.to_continuous(boxes[r])
-    keep = npops.batched_nms(bx, sc, c, cfg["nms_thresh"], cfg["keep_top_k"])
-    return {"boxes": bx[keep], "scores": sc[keep], "labels": c[keep].astype(np.int64)}
+    sc, bx = fg[r, c], boxes[r]
+    keep = rcnn_ops.pixel_nms(bx, sc, c, cfg["nms_thresh"], cfg["keep_top_k"])
+    return {"boxes": rcnn_ops.to_continuous(bx[keep]), "scores": sc[keep], "labels": c[keep].astype(np.int64)}

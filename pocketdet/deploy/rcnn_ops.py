@@ -125,6 +125,15 @@ def to_continuous(boxes: np.ndarray) -> np.ndarray:
     return boxes + np.array([0, 0, 1, 1], _F32)
 
 
+def pixel_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: float, max_keep: int
+              ) -> np.ndarray:
+    """`pixel_boxes.nms`: class-wise NMS of inclusive boxes with the +1 IoU, equal scores in index order
+    (stable), at most max_keep kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    rank = np.arange(len(order), 0, -1).astype(_F32)
+    return order[npops.batched_nms(to_continuous(boxes[order]), rank, labels[order], iou_thresh, max_keep)]
+
+
 def _top_k(values: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest values, largest first (torch `topk`). Which of exactly equal values makes
     a cut is unspecified here as in torch (random-init models have such ties; `verify_roi_part` says so)."""
@@ -154,7 +163,7 @@ def rpn_proposals(logits: list[np.ndarray], deltas: list[np.ndarray], padded_hw:
         scores.append(s[idx][keep])
         levels.append(np.full(int(keep.sum()), lvl))
     boxes, scores, levels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(levels)
-    keep = npops.batched_nms(to_continuous(boxes), scores, levels, cfg["nms_thresh"], cfg["post_nms_top_n"])
+    keep = pixel_nms(boxes, scores, levels, cfg["nms_thresh"], cfg["post_nms_top_n"])
     return np.ascontiguousarray(boxes[keep], dtype=_F32)
 
 
@@ -276,8 +285,9 @@ def cascade_stages(levels: list[np.ndarray], level_names: list[str], rois: np.nd
         cls_logits, deltas = run_head(k, x)
         if k + 1 < len(weights):  # no clipping between stages (static `box_coder`)
             rois = decode_deltas(deltas, rois, weights[k], None)
-    probs = softmax_rows(cls_logits)
-    for k in range(len(weights) - 1):  # earlier stages' classifiers on the last stage's RoI features
+    probs = softmax_rows(run_head(0, x)[0])  # stage order, as `CascadeRoIHeads.stages_one_image`
+    for k in range(1, len(weights) - 1):  # earlier stages' classifiers on the last stage's RoI features
         probs += softmax_rows(run_head(k, x)[0])
+    probs += softmax_rows(cls_logits)
     boxes = clip_boxes(decode_deltas(deltas, rois / _F32(scale), weights[-1], None), h, w)
     return probs / _F32(len(weights)), boxes

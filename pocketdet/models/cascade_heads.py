@@ -207,9 +207,12 @@ class CascadeRoIHeads(nn.Module):
             stage_boxes.append(self.decode(k, deltas, rois))
             if k + 1 < self.num_stages:
                 rois = stage_boxes[-1]
-        probs = cls_logits.softmax(-1)
-        for head in self.stages[:-1]:  # earlier stages' classifiers on the last stage's RoI features
+        # earlier stages' classifiers on the last stage's RoI features; summed in stage order as the
+        # static graph does, so that float rounding (and with it ties between saturated scores) is the same
+        probs = self.stages[0](x)[0].softmax(-1)
+        for head in self.stages[1:-1]:
             probs = probs + head(x)[0].softmax(-1)
+        probs = probs + cls_logits.softmax(-1)
         boxes = self.decode(self.num_stages - 1, deltas, rois / image_info[2])
         boxes = pixel_boxes.clip(boxes, image_info[0], image_info[1])
         return probs / self.num_stages, boxes, stage_rois, stage_boxes

@@ -88,8 +88,13 @@ def clip(boxes: torch.Tensor, h: float | torch.Tensor, w: float | torch.Tensor) 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """torchvision `batched_nms` with the legacy IoU (`normalized=False`: areas and overlaps with +1
-    widths), which is the continuous IoU of the shifted boxes. Kept indices, best first."""
-    return batched_nms(to_continuous(boxes), scores, idxs, iou_threshold)
+    widths), which is the continuous IoU of the shifted boxes. Kept indices, best first.
+    Equal scores are taken in index order, as the static ops' stable sort does (torchvision's own order
+    among ties is unspecified; a random or saturated classifier gives many exact ties, e.g. 1/3)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    rank = torch.arange(len(order), 0, -1, dtype=torch.float32, device=scores.device)
+    keep = batched_nms(to_continuous(boxes[order]), rank, idxs[order], iou_threshold)
+    return order[keep]
 
 
 def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int, canonical_size: float
