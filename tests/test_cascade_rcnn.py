@@ -17,7 +17,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from pocketdet.config import ConfigError, load_config
 from pocketdet.data.rcnn_aug import SCALE_KEY, RCNNMultiScaleCollate, build_rcnn_transforms, rcnn_scale
 from pocketdet.engine.family_hooks import rcnn_hooks as train_hooks
-from pocketdet.models import CascadeRCNN, build_model
+from pocketdet.models import CascadeRCNN, build_model, pixel_boxes
 from pocketdet.models.cascade_rcnn import RoIStagesExport, balanced_l1_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,9 @@ def test_cascade_assignment_stage1_samples_later_stages_keep_all():
     # proposals that overlap no GT: the only foreground candidates are the GT boxes put in front (Paddle)
     far = torch.tensor([[260.0, 0, 300, 40]]).repeat(600, 1)
     rois, labels, _, max_iou = heads.assign(0, far, None, t)
-    assert len(rois) == 512 and torch.equal(rois[labels > 0], gt) and labels[labels > 0].tolist() == [4, 8]
+    # RoIs are inclusive boxes (static +1 convention): the GT [x1, x2) enters as [x1, x2 - 1]
+    gt_incl = pixel_boxes.to_inclusive(gt)
+    assert len(rois) == 512 and torch.equal(rois[labels > 0], gt_incl) and labels[labels > 0].tolist() == [4, 8]
     # random proposals: 512 sampled, at most 25% foreground, foreground exactly the IoU >= 0.5 ones
     torch.manual_seed(0)
     xy = torch.rand(2000, 2) * 250
@@ -225,14 +227,16 @@ def test_cascade_assignment_stage1_samples_later_stages_keep_all():
     assert len(rois) == 512 and 0 < int(fg.sum()) <= 128
     assert (max_iou[fg] >= 0.5).all() and (max_iou[~fg] < 0.5).all()
     # regression targets encode the matched GT with stage-1 weights (10,10,5,5): decoding gives it back
-    dec = heads.box_coders[0].decode_single(reg[fg], rois[fg])
+    dec = heads.box_coders[0].decode_single(reg[fg], pixel_boxes.to_continuous(rois[fg]))
     assert torch.allclose(dec, gt[(labels[fg] == 8).long()], atol=1e-3)
+    # and the inference decode (+1 convention, inclusive RoIs) inverts them to the inclusive GT
+    assert torch.allclose(heads.decode(0, reg[fg], rois[fg]), gt_incl[(labels[fg] == 8).long()], atol=1e-3)
     # stage 2 (Paddle is_cascade_rcnn): earlier GT copies (max IoU 1) dropped, GT put back once, no sampling
     rois2, labels2, reg2, max_iou2 = heads.assign(1, rois, max_iou, t)
     assert len(rois2) == len(rois) - int((max_iou >= 1).sum()) + len(gt)
-    assert torch.equal(rois2[: int((labels2 > 0).sum())][(max_iou2[labels2 > 0] >= 1)], gt)
+    assert torch.equal(rois2[: int((labels2 > 0).sum())][(max_iou2[labels2 > 0] >= 1)], gt_incl)
     assert ((max_iou2 >= 0.6) == (labels2 > 0)).all()
-    dec2 = heads.box_coders[1].decode_single(reg2[labels2 > 0], rois2[labels2 > 0])
+    dec2 = heads.box_coders[1].decode_single(reg2[labels2 > 0], pixel_boxes.to_continuous(rois2[labels2 > 0]))
     assert torch.allclose(dec2, gt[(labels2[labels2 > 0] == 8).long()], atol=1e-3)
 
 

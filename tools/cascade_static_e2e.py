@@ -18,7 +18,9 @@ Reported per photo: max |pocketdet input - static reader input|, proposals (pock
 vs Paddle's), of Paddle's top 50 detections the share found in pocketdet's with the same label, IoU > 0.99
 and |score diff| < 1e-3, the largest box / score difference over all detections, and the float64 relative
 difference of every dense tensor (backbone taps c2-c4, FPN p2-p6, RPN logits and deltas) on the same input.
---fixture stores Paddle's detections for tests/test_cascade_static.py (CI, no Paddle).
+Each photo is compared twice: `paddle_dense` (Paddle's dense network, the whole static pipeline) and
+`same_dense` (the static graph after pocketdet's dense outputs: the box conventions alone).
+--fixture stores Paddle's `paddle_dense` detections for tests/test_cascade_static.py (CI, no Paddle).
 """
 from __future__ import annotations
 
@@ -156,9 +158,10 @@ def run(size: int, images: list[Path], paddle_python: str, work: Path) -> dict:
                                              / max(float(v.abs().max()), 1e-12)) for k, v in mine.items()}
     rows[0]["missing"] = missing
     out = {"paddle_dense": [compare(conv, images, work, i) for i in range(len(images))]}
+    # the fixture: Paddle's detections with Paddle's own dense network (the whole static pipeline)
+    fixture = {f"{size}_{p.stem}": np.load(work / f"paddle_{i}.npz")["detections"] for i, p in enumerate(images)}
     paddle_step(paddle_python, work, {**req, "step": "heads"})  # the same static graph on pocketdet's dense outputs
     out["same_dense"] = [compare(conv, images, work, i) for i in range(len(images))]
-    fixture = {f"{size}_{p.stem}": np.load(work / f"paddle_{i}.npz")["detections"] for i, p in enumerate(images)}
     return {"rows": rows, "fixture": fixture, **out}
 
 
