@@ -19,6 +19,11 @@ tests/fixtures/cascade_static_ops.npz, which tests/test_cascade_rcnn.py compares
 `min(max(x, 0), round(im_w / im_scale) - 1)` in the fluid kernel, with im_scale 1 for `im_shape`).
 
     .venv-paddle/bin/python tools/cascade_static_reference.py [--out tests/fixtures/cascade_static_ops.npz]
+
+With --pipeline DIR it is one step of tools/cascade_static_e2e.py instead (DIR/request.json): `reader` (the
+static reader's input), `dense` (paddledet's dygraph MobileNetV3 + FPN and the RPN convs with the static
+weights, then the static inference graph: `static_inference`) or `heads` (the static inference graph on
+dense outputs given by pocketdet).
 """
 from __future__ import annotations
 

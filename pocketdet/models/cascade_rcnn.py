@@ -8,8 +8,8 @@ Structure (spec §6.2-6.6), built from torchvision detection pieces where their 
 
 Static-graph conventions. The zoo entries exist to run the official weights, which were trained and
 evaluated by PaddlePaddle's static graph, so inference reproduces its box conventions, each checked
-against the legacy op in tests/test_cascade_rcnn.py (fixture tests/fixtures/cascade_static_ops.npz,
-written by tools/cascade_static_reference.py):
+against the legacy op in tests/test_cascade_static.py (fixture tests/fixtures/cascade_static_ops.npz,
+written by tools/cascade_static_reference.py; end to end against Paddle: tools/cascade_static_e2e.py):
   - pre-processing: `cv2.resize(fx=fy=scale)` of the static `ResizeImage`: output size round(side * scale)
     but sampled with the exact scale, not the rounded size ratio (`resize_images`);
   - anchors: `anchor_generator` (stride-sized base box rounded half up, then scaled; +1 widths);
