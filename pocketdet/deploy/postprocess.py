@@ -121,16 +121,17 @@ class CascadePostprocess:
         self.rpn_cfg = am["rpn"]
 
     def input_wh(self, w: int, h: int) -> tuple[int, int]:
-        nh, nw = rcnn_ops.resized_hw(h, w, self.input_size)
-        return nw, nh
+        """Decode-size hint: the full image, as `CascadeRCNN.input_wh` (the static reader resizes the full
+        decode; a reduced JPEG decode gives other pixels)."""
+        return w, h
 
     def preprocess(self, rgb: np.ndarray, orig_wh: tuple[int, int]) -> np.ndarray:
         # the resized size follows the original image, also when `rgb` was decoded smaller, so that the
         # post-processing maps boxes back with the same scale as for a full decode
-        nw, nh = self.input_wh(*orig_wh)
-        # a full decode is sampled with the exact scale, as the static reader's cv2.resize(fx=fy=scale);
-        # a smaller (draft) decode with its own size ratio
         w, h = orig_wh
+        nh, nw = rcnn_ops.resized_hw(h, w, self.input_size)
+        # a full decode is sampled with the exact scale, as the static reader's cv2.resize(fx=fy=scale);
+        # a smaller decode (an array given reduced) with its own size ratio
         factor = rcnn_ops.long_side_scale(h, w, self.input_size) if rgb.shape[:2] == (h, w) else None
         return rcnn_ops.pad_with_mean(rcnn_ops.resize_bilinear(rgb, nh, nw, factor), self.size_divisor, self.mean)
 

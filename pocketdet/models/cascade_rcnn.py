@@ -183,8 +183,10 @@ class CascadeRCNN(DetectionModel):
         return max(1, round(h * s)), max(1, round(w * s))
 
     def input_wh(self, w: int, h: int) -> tuple[int, int]:
-        nh, nw = self.resized_size(h, w)
-        return nw, nh
+        """The decode-size hint of `predict` (`models/inputs.py`): the full image. The static reader resizes
+        the fully decoded photo with cv2; a reduced JPEG decode (DCT scaling) would give other pixels, and
+        the official weights' detections are reproduced only from the static reader's input."""
+        return w, h
 
     def resize_images(self, images) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resize each image so its long side is input_size, pad the batch to a multiple of 32. Returns
