@@ -9,9 +9,10 @@ persistables layout (`<name>/<static variable>` LoDTensor files, tarred) and con
 `pocketdet convert`'s `convert_paddle`; every step below uses the *converted* model. Paddle's side
 (tools/cascade_static_reference.py in `.venv-paddle`): the static reader (cv2 normalise + resize + pad)
 builds the input; paddledet 2.6's dygraph MobileNetV3 + FPN and the RPN convs, configured as the static
-config and loaded from the static files by Paddle, run the dense network (issue 17); then Paddle's legacy ops (anchor_generator, generate_proposals, collect_fpn_proposals,
-distribute_fpn_proposals, roi_align, box_coder, multiclass_nms) and the stage heads, with the head weights
-read by Paddle from the static files, give the reference detections. pocketdet's side is
+config and loaded from the static files by Paddle, run the dense network (issue 17); then Paddle's
+legacy ops (anchor_generator, generate_proposals, collect_fpn_proposals, distribute_fpn_proposals,
+roi_align, box_coder, multiclass_nms) and the stage heads, with the head weights read by Paddle from the
+static files, give the reference detections. pocketdet's side is
 `model.predict(photo)`: its own reading, resize, anchors, proposals, stages and NMS.
 
 Reported per photo: max |pocketdet input - static reader input|, proposals (pocketdet's on its dense outputs

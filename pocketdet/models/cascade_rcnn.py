@@ -79,11 +79,12 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 class CascadeRCNN(DetectionModel):
     """Cascade R-CNN MobileNetV3-Large FPN (spec §6); `input_size` is the test-time *long* side (320/640).
 
-    Inputs follow DetectionModel's convention. Eval: each image is resized so its long side equals
-    input_size (aspect kept, spec §6.1/§6.7: Paddle's target_size = max_size) and padded to a multiple of
-    32; boxes come back in original-image pixels (continuous; the static conventions: module docstring). Train: when every target carries `image_size` (as
-    `pocketdet.data.rcnn_aug.RCNNMultiScaleCollate` produces), the images are taken as already resized
-    (multi-scale) and padded; otherwise they are resized like eval and the boxes scaled with them.
+    Inputs follow DetectionModel's convention. Eval: each image is resized so its long side equals input_size
+    (aspect kept, spec §6.1/§6.7: Paddle's target_size = max_size) and padded to a multiple of 32; boxes come
+    back in original-image pixels (continuous; the static conventions: module docstring). Train: when every
+    target carries `image_size` (as `pocketdet.data.rcnn_aug.RCNNMultiScaleCollate` produces), the images are
+    taken as already resized (multi-scale) and padded; otherwise they are resized like eval and the boxes scaled
+    with them.
     """
 
     arch = "cascade_rcnn"
