@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms import v2
 
 SCALE_KEY = "rcnn_scale_u"  # uniform [0, 1) drawn per sample; picks the short side in the collate
@@ -65,9 +64,10 @@ class RCNNMultiScaleCollate:
             x = img if img.dtype == torch.uint8 else img.float().mul(255.0)
             if (nh, nw) != (h, w):
                 # uint8 channels-last bilinear (torch's fast kernel) on uint8 input: no full-size float copy;
-                # values rounded to the uint8 grid, within 1/255 of the float result
-                x = F.interpolate(x[None].contiguous(memory_format=torch.channels_last), size=(nh, nw),
-                                  mode="bilinear", align_corners=False)[0]
+                # values rounded to the uint8 grid, within 1/255 of the float result. Sampled with the exact
+                # scale, as the static reader's cv2.resize(fx=fy=s) and `CascadeRCNN.resize_images`
+                x = torch.ops.aten.upsample_bilinear2d(x[None].contiguous(memory_format=torch.channels_last),
+                                                       [nh, nw], False, s, s)[0]
             boxes = t["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
             boxes = boxes * torch.tensor([nw / w, nh / h, nw / w, nh / h])
             out = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v)
