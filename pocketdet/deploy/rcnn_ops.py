@@ -143,7 +143,7 @@ def _top_k(values: np.ndarray, k: int) -> np.ndarray:
 def rpn_proposals(logits: list[np.ndarray], deltas: list[np.ndarray], padded_hw: tuple[int, int],
                   cfg: dict, anchor_cfg: dict) -> np.ndarray:
     """Eval-mode RPN proposals of one image, as `PaddleStyleRPN.static_proposals`: per level the
-    `pre_nms_top_n` best sigmoid scores, their anchors decoded (+1 widths), clipped to the padded input,
+    `pre_nms_top_n` best logits, their anchors decoded (+1 widths), clipped to the padded input,
     boxes with x2 < x1 dropped, NMS with the +1 IoU per level at `nms_thresh`, the best `post_nms_top_n`
     over all levels. logits[l]: [1,A,H,W], deltas[l]: [1,4A,H,W]. Returns [R,4] float32, best first.
     Only the selected anchors are decoded (decoding is elementwise, so this equals decode-all)."""
@@ -151,16 +151,15 @@ def rpn_proposals(logits: list[np.ndarray], deltas: list[np.ndarray], padded_hw:
     h, w = padded_hw
     for lvl, (lg, dl) in enumerate(zip(logits, deltas)):
         _, a, gh, gw = lg.shape
-        flat = lg[0].transpose(1, 2, 0).reshape(-1)  # (H, W, A), as the op
-        s = _F32(1) / (_F32(1) + np.exp(-flat))
-        idx = _top_k(s, cfg["pre_nms_top_n"])
+        flat = lg[0].transpose(1, 2, 0).reshape(-1)  # (H, W, A), as the op; ranked by logit as torch
+        idx = _top_k(flat, cfg["pre_nms_top_n"])
         d = dl[0].reshape(a, 4, gh, gw).transpose(2, 3, 0, 1).reshape(-1, 4)[idx]
         anchors = level_anchors((gh, gw), anchor_cfg["sizes"][lvl], anchor_cfg["aspect_ratios"],
                                 anchor_cfg["strides"][lvl])[idx]
         b = clip_boxes(decode_deltas(d, anchors, cfg["weights"], cfg["bbox_xform_clip"]), h, w)
         keep = (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
         boxes.append(b[keep])
-        scores.append(s[idx][keep])
+        scores.append(flat[idx][keep])
         levels.append(np.full(int(keep.sum()), lvl))
     boxes, scores, levels = np.concatenate(boxes), np.concatenate(scores), np.concatenate(levels)
     keep = pixel_nms(boxes, scores, levels, cfg["nms_thresh"], cfg["post_nms_top_n"])

@@ -2,7 +2,7 @@
 
 Data flow (eval): FPN levels -> shared RPN head (3x3 conv + ReLU, 1x1 objectness, 1x1 deltas; run by
 `CascadeRCNN.forward_raw`) -> `StaticAnchorGenerator` anchors -> `PaddleStyleRPN.static_proposals`:
-per level the best `pre_nms_top_n` by sigmoid score, decoded and clipped with the +1 pixel convention
+per level the best `pre_nms_top_n` by objectness, decoded and clipped with the +1 pixel convention
 (`pixel_boxes`), NMS per level, the best `post_nms_top_n` over all levels. Boxes are inclusive
 (x2 = last pixel), in padded-input pixels, as the static ops hold them.
 Training keeps torchvision's target assignment, sampling and losses, on the continuous version of the same
@@ -54,7 +54,7 @@ class PaddleStyleRPN(RegionProposalNetwork):
     proposal step and Paddle's `straddle_thresh`.
 
     Proposals (`generate_proposals` per level + `collect_fpn_proposals`, spec §6.4): per level the
-    `pre_nms_top_n` best sigmoid scores, deltas decoded on the anchors (+1 widths, dw/dh clamped at
+    `pre_nms_top_n` best scores, deltas decoded on the anchors (+1 widths, dw/dh clamped at
     log(1000/16)), clipped to the *padded* input (the static reader's `PadBatch` rewrites im_info to the
     padded size), boxes with x2 < x1 dropped (min_size 0 means 1 px with +1 widths), NMS with the +1 IoU,
     then the best `post_nms_top_n` over all levels. Keeping the per-level post-NMS top-n first changes
@@ -106,9 +106,11 @@ class PaddleStyleRPN(RegionProposalNetwork):
         boxes, scores, levels = [], [], []
         for lvl, (lg, dl, an) in enumerate(zip(objectness, deltas, anchors)):
             a, gh, gw = lg.shape[1:]
-            prob = torch.sigmoid(lg[image].permute(1, 2, 0).reshape(-1))  # (H, W, A), as the op
+            # ranked by logit, (H, W, A) order as the op: the op ranks sigmoid scores, the same order except
+            # among logits whose float32 sigmoids are equal, where its own order is arbitrary too
+            logit = lg[image].permute(1, 2, 0).reshape(-1)
             d = dl[image].reshape(a, 4, gh, gw).permute(2, 3, 0, 1).reshape(-1, 4)
-            top, idx = prob.topk(min(pre_n, prob.numel()))
+            top, idx = logit.topk(min(pre_n, logit.numel()))
             b = pixel_boxes.decode(d[idx], an[idx], (1.0, 1.0, 1.0, 1.0), pixel_boxes.RPN_DWH_CLIP)
             b = pixel_boxes.clip(b, *padded_hw)
             keep = (b[:, 2] >= b[:, 0]) & (b[:, 3] >= b[:, 1])
