@@ -16,21 +16,13 @@ detections) is not included. Parameters and FLOPs do not depend on the weights.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from pocketdet.deploy.bench import machine_info, replace_section  # noqa: E402
+from harness import ROOT, command_line, machine_line, parser, replace_section
 
 SIZES = {320: "cascade_rcnn_mnv3_large_fpn_320", 640: "cascade_rcnn_mnv3_large_fpn_640"}
 
@@ -108,7 +100,7 @@ def bench_training(size: int, photos, threads: int, iters: int, batch: int = 2) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-iters", type=int, default=5)
@@ -165,19 +157,17 @@ def main() -> None:
         "Dense MACs at 320x320 / 640x640: 0.787 G / 3.146 G; the RoI heads add 0.164 G for 100 RoIs (5 head passes) "
         "(tests/test_cascade_rcnn.py). Paddle-Lite reference (SD855, 1 thread): 46.2 ms (320), 189.7 ms (640).",
         "",
-        f"Measured {datetime.date.today().isoformat()}, {machine_info()['cpu']}, {os.cpu_count()} vCPUs, torch "
-        f"{torch.__version__}; the machine was shared with other jobs (1-min load average {load_before:.1f} "
+        f"Measured {machine_line()} The machine was shared with other jobs (1-min load average {load_before:.1f} "
         f"before, {load_after:.1f} after), so treat the wall times as upper bounds"
         + ("" if len(args.threads) > 1 else
            "; only 1-thread rows: with both vCPUs busy, a 2-thread run measures OpenMP spin-waiting "
            "(seconds per image), not compute. Re-run with `--threads 1 2` on an idle machine")
-        + ". Command: "
-        f"`.venv/bin/python benchmarks/cascade_speed.py --threads {' '.join(map(str, args.threads))}`.",
+        + f". Command: `{command_line(__file__)}`.",
     ]
     block = "\n".join(lines)
     print(block)
     if not args.no_write:
-        replace_section(ROOT / "BENCHMARKS.md", "cascade", block)
+        replace_section(args.md, "cascade", block)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Writes BENCHMARKS.md section `cpp-runner`.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -26,13 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_line, parser, replace_section
 
 from pocketdet.api import load  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import machine_info, make_trained_like, replace_section  # noqa: E402
+from pocketdet.deploy.bench import make_trained_like  # noqa: E402
 from pocketdet.deploy.mobile import NcnnDetector, export_ncnn  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 
@@ -76,10 +73,9 @@ def cpp_round(param: Path, image: Path, runs: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
     if not RUNNER.is_file():
         sys.exit(f"{RUNNER} not built: run `make cpp-runner`")
@@ -110,11 +106,9 @@ def main() -> None:
         t0 = time.perf_counter()
         npops.load_rgb(photo)
         dec_py.append(time.perf_counter() - t0)
-    info = machine_info()
     body = "\n".join([
         "## C++ runner vs Python runtime (issue 20)", "",
-        f"`python benchmarks/cpp_runner.py --rounds {args.rounds} --runs {args.runs}`, {datetime.date.today()}, "
-        f"CPU: {info.get('cpu')}, flags: {' '.join(info.get('flags', []))}; photo {photo.name} "
+        f"`{command_line(__file__)}`, {machine_line()} Photo {photo.name} "
         f"({rgb.shape[1]}x{rgb.shape[0]}), ncnn 1 thread. The machine was shared and loaded (2 cores, ~9 "
         "sessions): medians of interleaved rounds; read the ratios.",
         "The C++ side links ncnn built from the PyPI sdist as one AVX2+FMA variant; the Python side is the `ncnn` "

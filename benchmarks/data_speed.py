@@ -18,27 +18,22 @@ batch.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section
 
 from pocketdet.data import CocoDetection  # noqa: E402
 from pocketdet.data import gpu_aug, rcnn_aug, yolo_aug  # noqa: E402
 from pocketdet.data.loader import SeededTransformDataset, collate_detection  # noqa: E402
 from pocketdet.data.transforms import ssd_reference_transforms, ssd_train_transforms  # noqa: E402
-from pocketdet.deploy.bench import machine_info, replace_section  # noqa: E402
 
 SIZE, BATCH = 320, 8
 
@@ -167,8 +162,7 @@ def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, di
 def render(res: dict, rounds: int, info: dict, command: str) -> str:
     tv = res.get("torchvision preset `ssd`", {}).get("images_per_s")
     lines = ["## Training input speed (CPU, one worker)", "",
-             f"Command: `{command}`; {datetime.date.today().isoformat()}; {info['cpu']} "
-             f"({', '.join(info['flags'])}), load average {info.get('load_avg')} at the end: **the machine was "
+             f"Command: `{command}`; {machine_line(info)} **The machine was "
              "shared with other jobs**, so absolute figures are pessimistic and noisy; compare rows (the "
              "pipelines took turns batch by batch). One process, one torch thread, batch "
              f"{BATCH}, {rounds} batches each, the coco128 training photos; milliseconds per image (medians over "
@@ -200,7 +194,7 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="training input pipeline speed per core")
+    ap = parser(__doc__)
     ap.add_argument("--rounds", type=int, default=12, help="batches per pipeline (after one warm-up batch)")
     ap.add_argument("--only", nargs="*", help="substrings of the pipeline names to run")
     ap.add_argument("--before", help="folder holding an earlier tree as `pocketdet_before` (see earlier_version): "
@@ -208,12 +202,12 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    info = machine_info()
     res = run(args.rounds, args.only, args.before)
-    command = ("python benchmarks/data_speed.py " + " ".join(sys.argv[1:])).strip()
-    text = render(res, args.rounds, machine_info(), command)
+    text = render(res, args.rounds, info, command_line(__file__))
     print(text)
     if not args.no_write:
-        replace_section(ROOT / "BENCHMARKS.md", "data_speed", text)
+        replace_section(args.md, "data_speed", text)
 
 
 if __name__ == "__main__":

@@ -20,24 +20,19 @@ accuracy; the comparison between rows is the result. Larger --pre-iters / --iter
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_line, parser, replace_section
 
 import pocketdet  # noqa: E402
 from pocketdet.config import apply_overrides, load_config  # noqa: E402
-from pocketdet.data import build_dataset, load_dataset_yaml  # noqa: E402
+from pocketdet.data import load_dataset_yaml  # noqa: E402
 from pocketdet.data.coco import CocoDetection  # noqa: E402
 from pocketdet.data.yolo import YoloDetection  # noqa: E402
-from pocketdet.deploy.bench import machine_info, replace_section  # noqa: E402
 from pocketdet.engine.evaluate import evaluate  # noqa: E402
 from pocketdet.init_weights import init_from_model  # noqa: E402
 from pocketdet.engine.trainer import TrainOptions, train  # noqa: E402
@@ -96,7 +91,7 @@ def run(cfg, ds, out: Path, init_fn=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, full_doc=True)
     ap.add_argument("--pre-iters", type=int, default=300, help="iterations of the 80-class 'COCO' checkpoint")
     ap.add_argument("--iters", type=int, default=100, help="fine-tuning iterations of each of the three runs")
     ap.add_argument("--batch", type=int, default=8)
@@ -104,7 +99,6 @@ def main():
     ap.add_argument("--size", type=int, default=320, help="input size (320: the recipe's)")
     ap.add_argument("--pretrained", type=Path, default=None, help="reuse this 80-class checkpoint for step 1")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/finetune")
-    ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args()
     t0 = time.perf_counter()
     log = lambda *a: print(f"[{time.perf_counter() - t0:6.0f}s]", *a, flush=True)  # noqa: E731
@@ -154,16 +148,11 @@ def main():
 
 
 def markdown(args, rows, pre_s, n_ft, n_ho, seconds) -> str:
-    info = machine_info()
-    load = os.getloadavg()
     lines = [
         "## Fine-tuning to a few classes (`benchmarks/finetune.py`)",
         "",
-        f"`python benchmarks/finetune.py --pre-iters {args.pre_iters} --iters {args.iters} --batch {args.batch} "
-        f"--lr {args.lr} --size {args.size}` ({time.strftime('%Y-%m-%d')}, {info['cpu']} ({' '.join(info['flags'])}), "
-        f"{torch.get_num_threads()} torch thread(s), "
-        f"load average at the end {load[0]:.1f} on {os.cpu_count()} logical cores: a shared, loaded machine; "
-        f"total {seconds / 60:.0f} min).",
+        f"`{command_line(__file__)}`, {torch.get_num_threads()} torch thread(s), total {seconds / 60:.0f} min; "
+        f"{machine_line()} A shared, loaded machine.",
         "",
         f"{MODEL} at input {args.size}; classes {', '.join(CLASSES)}. The \"COCO checkpoint\" is "
         + (f"{args.pretrained} (reused)" if args.pretrained else

@@ -14,23 +14,17 @@ in one process so that load changes hit them alike. Writes the `int8-layers` sec
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import command_line, machine_info, machine_line, medians_ms, parser, replace_section
 
 from pocketdet.compress.quant import OrtQuantOptions, ptq  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import (calibration_images, machine_info, machine_markdown, make_trained_like,  # noqa: E402
-                                    replace_section, time_interleaved)
+from pocketdet.deploy.bench import calibration_images, make_trained_like  # noqa: E402
 from pocketdet.deploy.export import export_onnx  # noqa: E402
 from pocketdet.deploy.runtime import Detector  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
@@ -59,14 +53,13 @@ def measure(name: str, runs: int, threads: int, calib) -> dict[str, float]:
         paths = variants(name, model, Path(tmp), calib)
         dets = {k: Detector(p, threads=threads) for k, p in paths.items()}
         x, _ = dets["fp32"].preprocess(npops.load_rgb(calib[0]))
-        t = time_interleaved({k: (lambda d: lambda: d.forward(x))(d) for k, d in dets.items()}, runs, 3)
-    return {k: float(np.median(v) * 1e3) for k, v in t.items()}
+        return medians_ms({k: (lambda d: lambda: d.forward(x))(d) for k, d in dets.items()}, runs, 3)
 
 
 def report(results: dict, info: dict, command: str, threads: int) -> str:
     labels = ["fp32", "int8 all", "int8 dw fp32", "int8 recipe"]
     lines = ["## int8 by layer type on this CPU (`benchmarks/int8_layer_types.py`)", "",
-             f"Command: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
+             f"Command: `{command}`; {machine_line(info)}",
              f"Forward median ms (ORT, {threads} thread(s), batch 1), all variants of a model interleaved; "
              "ratio to fp32 in brackets. The machine was shared and loaded while measuring (see the load "
              "average): absolute ms are inflated, ratios within a row are the comparable figures.", "",
@@ -79,12 +72,11 @@ def report(results: dict, info: dict, command: str, threads: int) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", nargs="+", default=SEED_ARCHS)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--calib-images", type=int, default=8)
-    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine_info()
@@ -94,8 +86,7 @@ def main(argv=None) -> None:
         results[name] = measure(name, args.runs, args.threads, calib)
         print(name, {k: round(v, 1) for k, v in results[name].items()}, flush=True)
     info["load_avg_end"] = machine_info().get("load_avg")
-    command = "python benchmarks/int8_layer_types.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, info, command, args.threads) + f"\n\nLoad average at the end: {info['load_avg_end']}."
+    text = report(results, info, command_line(__file__, argv), args.threads) + f"\n\nLoad average at the end: {info['load_avg_end']}."
     replace_section(args.md, "int8-layers", text)
     print(text)
 

@@ -13,23 +13,18 @@ Writes the `<!-- quant-runtimes:start/end -->` section of BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import command_line, machine_line, medians_ms, parser, replace_section
 
 from pocketdet.compress.quant import quantize_onnx  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import (calibration_images, machine_info, machine_markdown, make_trained_like,  # noqa: E402
-                                    replace_section, stats_ms, time_interleaved)
+from pocketdet.deploy.bench import calibration_images, make_trained_like  # noqa: E402
 from pocketdet.deploy.export import export_onnx  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 
@@ -52,11 +47,10 @@ def sessions(path: Path, x: np.ndarray, ov_core) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--models", nargs="+", default=["ssdlite_mnv3_small_320", "ssdlite_mnv3_large_320",
                                                     "yolov3_mnv3_large_320"])
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -77,12 +71,11 @@ def main(argv=None) -> None:
         x = npops.resize_chw(npops.load_rgb(calib[0]), model.input_size)
         fns = {(kind, rt): f for kind, p in files.items() for rt, f in sessions(p, x, core).items()}
         print(f"{name}: timing {len(fns)} sessions", flush=True)
-        t = {k: stats_ms(v)["median_ms"] for k, v in time_interleaved(fns, args.runs, 5).items()}
+        t = medians_ms(fns, args.runs, 5)
         for (kind, rt), ms in t.items():
             rows.append((name, kind, rt, ms, ms / t[("fp32", rt)], files[kind].stat().st_size / files["fp32"].stat().st_size))
     lines = ["## int8 in ONNX Runtime and OpenVINO (`benchmarks/int8_runtimes.py`)", "",
-             f"Command: `.venv/bin/python benchmarks/int8_runtimes.py --runs {args.runs}`; "
-             f"{datetime.date.today().isoformat()}. {machine_markdown(machine_info())} OpenVINO "
+             f"Command: `{command_line(__file__, argv)}`; {machine_line()} OpenVINO "
              f"{ov_version or 'not installed'}. 1 thread, batch 1, forward only, all sessions of a model "
              "interleaved; PTQ QDQ (per-channel int8 weights, uint8 activations).", "",
              "| model | graph | runtime | median ms | vs fp32, same runtime | file vs fp32 |", "|---|---|---|---|---|---|"]

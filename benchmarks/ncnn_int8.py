@@ -12,23 +12,19 @@ Writes BENCHMARKS.md section `ncnn-int8`.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_line, medians_ms, parser, replace_section
 
 from pocketdet.api import load  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.data import build_dataset, load_dataset_yaml  # noqa: E402
-from pocketdet.deploy.bench import machine_info, make_trained_like, replace_section, stats_ms, time_interleaved  # noqa: E402
+from pocketdet.deploy.bench import make_trained_like  # noqa: E402
 from pocketdet.deploy.mobile import NcnnDetector, export_ncnn  # noqa: E402
 from pocketdet.deploy.ncnn_int8 import quantize_ncnn  # noqa: E402
 from pocketdet.engine.evaluate import coco_eval  # noqa: E402
@@ -57,7 +53,7 @@ def variants(fp32_param: Path, calib: list, tmp: Path) -> dict[str, Path]:
     return out
 
 
-def latency(paths: dict[str, Path], runs: int, photo: Path) -> dict[str, dict]:
+def latency(paths: dict[str, Path], runs: int, photo: Path) -> dict[str, float]:
     dets = {k: NcnnDetector(p, threads=1) for k, p in paths.items()}
     first = next(iter(dets.values()))
     if first.heads_net is not None:  # two nets and host RoIAlign: time the whole predict()
@@ -66,15 +62,14 @@ def latency(paths: dict[str, Path], runs: int, photo: Path) -> dict[str, dict]:
     else:
         x, _ = first.preprocess(photo)
         fns = {k: (lambda d=d: d.forward(x)) for k, d in dets.items()}
-    return {k: stats_ms(v) for k, v in time_interleaved(fns, runs, warmup=3).items()}
+    return medians_ms(fns, runs, warmup=3)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--fitted", type=Path, default=ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--archs", nargs="*", default=ARCHS)
-    ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--calib", type=int, default=32, help="calibration photos (coco128 train, not the fitted ones)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -109,19 +104,17 @@ def main() -> None:
         m = make_trained_like(build_model(load_config(name).model), TRAIN[:8])
         p = variants(export_ncnn(m, tmp / name, name=name), calib[:8], tmp)
         t = latency(p, args.runs, TRAIN[0])
-        f = t["fp32"]["median_ms"]
+        f = t["fp32"]
         sizes = {k: sum(f.stat().st_size for f in (v.with_name(v.name.replace(".ncnn.param", ".ncnn.bin")),
                                                     v.with_name(v.name.replace(".ncnn.param", ".heads.ncnn.bin")))
                         if f.is_file()) for k, v in p.items()}
-        rows.append(f"| {name} | {f:.1f} | {t['int8']['median_ms']:.1f} ({t['int8']['median_ms'] / f:.2f}x) | "
-                    f"{t['int8 (dw fp32)']['median_ms']:.1f} ({t['int8 (dw fp32)']['median_ms'] / f:.2f}x) | "
+        rows.append(f"| {name} | {f:.1f} | {t['int8']:.1f} ({t['int8'] / f:.2f}x) | "
+                    f"{t['int8 (dw fp32)']:.1f} ({t['int8 (dw fp32)'] / f:.2f}x) | "
                     f"{sizes['fp32'] / 1e6:.1f} / {sizes['int8'] / 1e6:.1f} |")
         print(rows[-1], flush=True)
-    info = machine_info()
     body = "\n".join([
         "## ncnn int8 (issue 15 item 4)", "",
-        f"`python benchmarks/ncnn_int8.py --runs {args.runs}`, {datetime.date.today()}, CPU: {info.get('cpu')}, "
-        f"flags: {' '.join(info.get('flags', []))}. The machine was shared and loaded (2 cores, ~9 sessions): "
+        f"`{command_line(__file__)}`, {machine_line()} The machine was shared and loaded (2 cores, ~9 sessions): "
         "latencies are medians of interleaved runs; read the ratios, not the absolute values.",
         "int8 files written by `pocketdet quantize MODEL.ncnn.param --format ncnn` (pocketdet.deploy.ncnn_int8: "
         "KL calibration, per-channel int8 weights; ncnn's ncnn2table/ncnn2int8 are not in its PyPI sdist).", "",

@@ -22,8 +22,6 @@ activations vanish.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import math
 import sys
@@ -32,9 +30,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py, also when tests load this file by path
+from harness import ROOT, command_line, machine_line, parser, replace_section  # noqa: E402
 
 COCO128 = ROOT / "data" / "coco128"
 
@@ -130,9 +127,9 @@ def run_overfit(num_images: int = 6, iters: int = 80, lr: float = 1e-3, seed: in
 
 
 def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
-    from pocketdet.deploy.bench import machine_info, replace_section
-
     rpn, s1, s2, s3 = res["stage_ious"]
+    command = command_line(__file__, ["--images", str(res["images"]), "--iters", str(res["iters"])],
+                           prefix=f"OMP_NUM_THREADS={res['threads']} python")
     body = "\n".join([
         "## Cascade R-CNN MobileNetV3-Large FPN 320: overfit check",
         "",
@@ -154,16 +151,15 @@ def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
         "|---|---|---|---|",
         f"| {rpn:.3f} | {s1:.3f} | {s2:.3f} | {s3:.3f} |",
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine_info()['cpu']}, 2 vCPUs shared with other processes "
+        f"Measured {machine_line()} The machine was shared with other processes "
         "(under load the wall time exceeds the process CPU time, which is what the run needs). "
-        f"Command: `OMP_NUM_THREADS={res['threads']} .venv/bin/python benchmarks/overfit_cascade.py "
-        f"--images {res['images']} --iters {res['iters']}`.",
+        f"Command: `{command}`.",
     ])
     replace_section(path, "cascade", body, title="# Overfit checks")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, md=False)
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--iters", type=int, default=80)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -11,11 +11,9 @@ writes the result to docs/overfit.md (section between `<!-- overfit_yolov3:start
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py, also when tests load this file by path
+from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section  # noqa: E402
+
 COCO128 = ROOT / "data" / "coco128"
 
 
@@ -141,6 +141,8 @@ def run_overfit(num_images: int = 4, iters: int = 80, lr: float = 2e-3, size: in
 
 
 def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
+    command = command_line(__file__, ["--images", str(res["images"]), "--iters", str(res["iters"]),
+                                      "--threads", str(res["threads"])])
     body = "\n".join([
         "## YOLOv3-MobileNetV3-Large 320: overfit check",
         "",
@@ -155,19 +157,16 @@ def write_doc(res: dict, path: Path = ROOT / "docs" / "overfit.md") -> None:
         "|---|---|---|---|",
         f"| {res['first_loss']:.1f} / {res['last_loss']:.2f} | {res['ap50']:.3f} | >= 0.8 | {res['train_s']:.0f} s |",
         "",
-        f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-CPU {platform.machine()} machine "
-        f"shared with other processes (load average {res['load_avg']:.1f} at the start), so the train time "
+        f"Measured {machine_line({**machine_info(), 'load_avg': res['load_avg']})} The machine was "
+        "shared with other processes, so the train time "
         "is an upper bound: the run is ~10 TFLOP (80 steps x 4 images x ~32 GFLOP forward+backward at 320). "
-        "Command: `.venv/bin/python benchmarks/overfit_yolov3.py "
-        f"--images {res['images']} --iters {res['iters']} --threads {res['threads']}`.",
+        f"Command: `{command}`.",
     ])
-    from pocketdet.deploy.bench import replace_section
-
     replace_section(path, "overfit_yolov3", body, title="# Overfit checks")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, md=False)
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--iters", type=int, default=80)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -12,24 +12,18 @@ the `deploy` section.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section, stats_ms, time_interleaved
 
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import (calibration_images, gemm_peak_gflops, machine_info, machine_markdown,  # noqa: E402
-                                    make_trained_like, replace_section, stats_ms, time_interleaved)
+from pocketdet.deploy.bench import calibration_images, gemm_peak_gflops, make_trained_like  # noqa: E402
 from pocketdet.deploy.export import export_onnx, graph_spec  # noqa: E402
 from pocketdet.deploy.runtime import Detector  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
@@ -95,11 +89,10 @@ def ort_session(module, x, path, threads):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, ssdlite320_mobilenet_v3_large
 
@@ -142,15 +135,14 @@ def main(argv=None):
             t1 = time_interleaved(fns, args.runs, args.warmup)
             t2 = time_interleaved(full, args.runs, args.warmup)
         results[th] = {k: stats_ms(v) for k, v in {**t1, **t2}.items()}
-    md = render(results, gflops, peaks, info, args)
+    md = render(results, gflops, peaks, info, command_line(__file__, argv))
     print(md)
     replace_section(args.md, "deploy-peers", md, parent="deploy")
 
 
-def render(results, gflops, peaks, info, args) -> str:
+def render(results, gflops, peaks, info, command: str) -> str:
     lines = [f"### pocketdet vs torchvision (`benchmarks/peers.py`)", "",
-             f"Command: `.venv/bin/python benchmarks/peers.py --threads {' '.join(map(str, args.threads))} "
-             f"--runs {args.runs}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
+             f"Command: `{command}`; {machine_line(info)}",
              "fp32 GEMM peak measured here (torch.mm 1024^3, best run): "
              + ", ".join(f"{th} thread{'s' if th > 1 else ''} {p:.0f} GFLOP/s" for th, p in peaks.items()) + ".",
              "Random weights unless marked; batch 1; 320x320 network input; full detectors start from the "

@@ -22,20 +22,15 @@ vs overlapped (reader / writer threads), torch and ONNX runtimes, rounds interle
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_line, parser, replace_section
 
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import machine_info, machine_markdown, replace_section  # noqa: E402
 
 
 def photos(n: int) -> list[Path]:
@@ -174,7 +169,7 @@ def post_undertrained(det, rounds: int) -> dict:
             **{k: 1e3 * float(np.median(v)) for k, v in t.items()}}
 
 
-def files_section(det, ck: Path, args, tmp: Path) -> str:
+def files_section(det, ck: Path, args, tmp: Path, command: str) -> str:
     vga = photos(args.photos)
     big = phone_jpegs(tmp, 3)
     rows = [("VGA JPEG (coco_mini val2017)", measure_files(det, vga, args.rounds), len(vga)),
@@ -184,9 +179,7 @@ def files_section(det, ck: Path, args, tmp: Path) -> str:
     under = post_undertrained(det, args.rounds)
     print("undertrained post", under, flush=True)
     lines = ["### predict from a JPEG file: before / after issue 16 (`benchmarks/predict_overhead.py --files`)", "",
-             f"Command: `.venv/bin/python benchmarks/predict_overhead.py {ck} --files --threads {args.threads} "
-             f"--photos {args.photos} --rounds {args.rounds}`; {datetime.date.today().isoformat()}. "
-             f"{machine_markdown(machine_info())}",
+             f"Command: `{command}`; {machine_line()}",
              f"ONNX Runtime, {args.threads} thread(s), medians in ms, the three timings interleaved per photo and round. "
              "before = full decode + exact antialiased resize of the whole image + per-class candidate sort + NMS; "
              "after = `Detector.predict(path)`: DCT-scaled JPEG decode (largest 1/2, 1/4, 1/8 scale keeping >= the "
@@ -205,7 +198,7 @@ def files_section(det, ck: Path, args, tmp: Path) -> str:
     return "\n".join(lines)
 
 
-def folder_section(ck: Path, args, tmp: Path) -> str:
+def folder_section(ck: Path, args, tmp: Path, command: str) -> str:
     import shutil
 
     from pocketdet.cli import _predictor
@@ -218,9 +211,7 @@ def folder_section(ck: Path, args, tmp: Path) -> str:
         shutil.copy(p, folder / p.name)
     items = collect_sources([str(folder)])
     lines = ["### `pocketdet predict` on a folder: sequential vs overlapped (`benchmarks/predict_overhead.py --folder`)",
-             "", f"Command: `.venv/bin/python benchmarks/predict_overhead.py {ck} --folder --threads {args.threads} "
-             f"--photos {args.photos} --rounds {args.rounds}`; {datetime.date.today().isoformat()}. "
-             f"{machine_markdown(machine_info())}",
+             "", f"Command: `{command}`; {machine_line()}",
              f"{len(items)} coco_mini photos -> annotated JPEGs + predictions.json; runtime intra-op threads = "
              f"{args.threads}. sequential = `--no-overlap` (decode, detect, draw + encode one after another); "
              "overlapped = default (reader and writer threads, queues of 4). Median images/s over the rounds, "
@@ -246,15 +237,15 @@ def folder_section(ck: Path, args, tmp: Path) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("checkpoints", nargs="+", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--files", action="store_true", help="before/after from JPEG files, VGA and 12 MP")
     ap.add_argument("--folder", action="store_true", help="predict on a folder: sequential vs overlapped")
     args = ap.parse_args(argv)
+    command = command_line(__file__, argv)
     from pocketdet import api
     from pocketdet.deploy.export import export_onnx
     from pocketdet.deploy.runtime import Detector
@@ -264,11 +255,11 @@ def main(argv=None) -> None:
         ck = args.checkpoints[0]
         if args.files:
             det = Detector(export_onnx(api.load(ck), tmp / "files.onnx"), threads=args.threads)
-            md = files_section(det, ck, args, tmp)
+            md = files_section(det, ck, args, tmp, command)
             print(md)
             replace_section(args.md, "deploy-preproc", md, parent="deploy")
         if args.folder:
-            md = folder_section(ck, args, tmp)
+            md = folder_section(ck, args, tmp, command)
             print(md)
             replace_section(args.md, "deploy-folder", md, parent="deploy")
         return
@@ -282,9 +273,7 @@ def main(argv=None) -> None:
         rows.append((ck, model, res))
         print(ck, {k: round(v, 3) for k, v in res.items()}, flush=True)
     lines = ["### predict vs bare forward, trained checkpoints (`benchmarks/predict_overhead.py`)", "",
-             f"Command: `.venv/bin/python benchmarks/predict_overhead.py {' '.join(map(str, args.checkpoints))} "
-             f"--threads {args.threads} --photos {args.photos} --rounds {args.rounds}`; "
-             f"{datetime.date.today().isoformat()}. {machine_markdown(machine_info())}",
+             f"Command: `{command}`; {machine_line()}",
              f"ONNX Runtime, {args.threads} thread(s), {len(rgbs)} held-out coco_mini photos x {args.rounds} rounds; "
              "medians in ms. pre = resize to the input size + /255 (numpy/PIL), post = score threshold, per-class "
              "top-k, NMS, scaling (numpy).", "",

@@ -16,19 +16,13 @@ run with larger --base-iters / --iters for meaningful accuracy. Only the `<!-- p
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
-import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import ROOT, command_line, machine_line, medians_ms, parser, replace_section, today
 
 import pocketdet  # noqa: E402
 from pocketdet.api import count_flops, count_params  # noqa: E402
@@ -36,7 +30,6 @@ from pocketdet.compress.distill import distill_train  # noqa: E402
 from pocketdet.compress.prune import prune  # noqa: E402
 from pocketdet.config import apply_overrides, load_config  # noqa: E402
 from pocketdet.data import build_dataset, load_dataset_yaml  # noqa: E402
-from pocketdet.deploy.bench import replace_section  # noqa: E402
 from pocketdet.engine.evaluate import evaluate  # noqa: E402
 
 SEED_MS = {"baseline": 155.948, "pruned": 48.2856}  # SD855, 1 thread (mobile README)
@@ -46,14 +39,8 @@ def latency_ms(model, size: int, runs: int, warmup: int = 3) -> float:
     torch.set_num_threads(1)
     model.eval()
     x = torch.rand(1, 3, size, size)
-    times = []
     with torch.no_grad():
-        for i in range(warmup + runs):
-            t0 = time.perf_counter()
-            model.forward_raw(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        return medians_ms({"forward": lambda: model.forward_raw(x)}, runs, warmup)["forward"]
 
 
 def row(name, model, val_ds, runs, eval_images):
@@ -66,14 +53,13 @@ def row(name, model, val_ds, runs, eval_images):
 def to_markdown(rows, args, seconds) -> str:
     base = rows[0]
     lines = ["## Pruning + distillation: YOLOv3-MobileNetV3 (spec §5)", "",
-             f"`OMP_NUM_THREADS=1 python benchmarks/prune_distill.py {' '.join(sys.argv[1:])}` "
+             f"`{command_line(__file__, prefix='OMP_NUM_THREADS=1 python')}` "
              f"({seconds / 60:.1f} min, CPU, torch eager, batch 1 at 320, 1 thread; median of {args.runs} runs). "
              f"Baseline trained {args.base_iters} iterations from random init (batch {args.batch}); fine-tuning "
              f"and distillation {args.iters} iterations each, same loop, LR and batches. Teacher: "
              f"{args.teacher or 'the unpruned baseline (self-distillation; the seed uses a trained YOLOv3-ResNet34)'}. "
-             f"AP on data/demo.yaml val (coco_mini, 79 images). Load average at the end "
-             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: on a shared machine rows of the same "
-             "architecture differ by noise only.", "",
+             f"AP on data/demo.yaml val (coco_mini, 79 images). {machine_line()} On a shared machine rows of "
+             "the same architecture differ by noise only.", "",
              "| model | params (M) | GFLOPs | latency (ms) | vs baseline | AP50 | AP |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -102,7 +88,6 @@ def fit_recovery(args):
        AP50 on the N photos is recorded along the way.
     Every evaluation first recomputes BN statistics on the training batch (the overfit check's precise BN), for
     every row alike. Deviation from the seed: the teacher is the unpruned MobileNetV3 model, not a ResNet-34."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from overfit_yolov3 import coco_ap50, load_coco_subset, recalibrate_bn
 
     from pocketdet.compress.distill import distill_step_losses
@@ -174,8 +159,8 @@ def fit_markdown(rows, args, rep, seconds, base_params, pruned_params) -> str:
     photo_set = f", photos {args.fit_skip + 1}-{args.fit_skip + args.fit_images}" if args.fit_skip else ""
     lines = [f"## Pruning + distillation: recovery on fitted photos{photo_set} (`benchmarks/prune_distill.py "
              "--fit-images`)", "",
-             f"`OMP_NUM_THREADS=1 python benchmarks/prune_distill.py {' '.join(sys.argv[1:])}` "
-             f"({seconds / 60:.1f} min on CPU, {datetime_today()}). Teacher: YOLOv3-MobileNetV3-Large 320 fitted "
+             f"`{command_line(__file__, prefix='OMP_NUM_THREADS=1 python')}` "
+             f"({seconds / 60:.1f} min on CPU, {today()}). Teacher: YOLOv3-MobileNetV3-Large 320 fitted "
              f"{args.base_iters} iterations (Adam one-cycle 2e-3, full batch, no augmentation) to "
              f"{args.fit_images} annotated coco128 train photos (after skipping {args.fit_skip}); student: the same weights FPGM-pruned with the seed "
              f"recipe (widths {rep.block_widths}; params {pruned_params / 1e6:.2f} M of {base_params / 1e6:.2f} M); "
@@ -195,14 +180,8 @@ def fit_markdown(rows, args, rep, seconds, base_params, pruned_params) -> str:
     return "\n".join(lines)
 
 
-def datetime_today() -> str:
-    import datetime
-
-    return datetime.date.today().isoformat()
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, full_doc=True)
     ap.add_argument("--base-iters", type=int, default=30)
     ap.add_argument("--iters", type=int, default=20, help="fine-tuning and distillation iterations")
     ap.add_argument("--batch", type=int, default=4)
@@ -211,7 +190,6 @@ def main():
     ap.add_argument("--teacher", default=None, help="teacher checkpoint (default: the unpruned baseline)")
     ap.add_argument("--data", default=str(ROOT / "data/demo.yaml"))
     ap.add_argument("--no-eval", action="store_true")
-    ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--fit-images", type=int, default=0,
                     help="recovery experiment on N fitted photos instead (see fit_recovery); 0: the demo-data run")
     ap.add_argument("--fit-skip", type=int, default=0, help="with --fit-images: skip this many photos first "

@@ -11,7 +11,6 @@ int8 speed-up. Only the section between `<!-- quant:start -->` and `<!-- quant:e
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -20,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pocketdet.deploy.bench import replace_section  # noqa: E402
+from harness import ROOT, machine_line, parser, replace_section, time_interleaved
 
 RECIPE = ["res_conv1", "se_block"]
 
@@ -53,15 +49,10 @@ def latency(paths: dict, runs: int, rounds: int) -> dict:
         o = ort.SessionOptions()
         o.intra_op_num_threads, o.inter_op_num_threads = 1, 1
         sess[k] = ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"])
-        for _ in range(5):
-            sess[k].run(None, {"images": x})
-    times = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, s in sess.items():  # round-robin: each variant sees the same background load
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, {"images": x})
-                times[k].append((time.perf_counter() - t) * 1e3)
+    # round-robin: each variant sees the same background load
+    times = time_interleaved({k: (lambda s: lambda: s.run(None, {"images": x}))(s) for k, s in sess.items()},
+                             runs * rounds, warmup=5)
+    times = {k: np.asarray(v) * 1e3 for k, v in times.items()}
     return {k: {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
                 "min": float(np.min(v))} for k, v in times.items()}
 
@@ -100,7 +91,7 @@ def profile(path, runs: int = 30) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--checkpoint", type=Path, help="float checkpoint (default: train with the demo recipe)")
     ap.add_argument("--train-iters", type=int, default=400, help="demo-recipe iterations when training")
     ap.add_argument("--train-batch", type=int, default=16)
@@ -114,7 +105,6 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "quant_report")
-    ap.add_argument("--md", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--render", type=Path, help="only re-render the section from a quant_report.json")
     args = ap.parse_args(argv)
     if args.render:
@@ -181,6 +171,7 @@ def main(argv=None):
     lat = latency(paths, args.runs, args.rounds)
     prof = {k: profile(paths[k]) for k in ("fp32", "ptq_all", "ptq_recipe")}
     result = {"args": " ".join(argv if argv is not None else sys.argv[1:]), "checkpoint": str(ckpt), "accuracy": acc, "sizes": sizes, "latency_ms": lat, "profile": prof,
+              "machine": machine_line(),
               "qat_iters": args.qat_iters, "qat_seconds": qat_s, "float_train_seconds": float_s,
               "calib_images": len(calib), "train_images": len(train_ds)}
     (args.out / "quant_report.json").write_text(json.dumps(result, indent=1))
@@ -226,7 +217,7 @@ def render(result: dict, args_line: str) -> str:
     lines = [
         "## int8 quantization (SSDLite-MobileNetV3-Small 320, demo data)",
         "",
-        f"Command: `python benchmarks/quant_report.py {args_line}`. Float model: `{result['checkpoint']}`. "
+        f"Command: `python benchmarks/quant_report.py {args_line}`; {result.get('machine', '')} Float model: `{result['checkpoint']}`. "
         "PTQ: ORT `quantize_static`, QDQ, per-channel symmetric int8 weights, uint8 per-tensor activations, "
         f"MinMax calibration on {result['calib_images']} coco128 train photos; the export wrapper's softmax and "
         "box decoding stay float. QAT: fake-quant fine-tuning of the float model "

@@ -10,21 +10,12 @@ is replaced.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pocketdet.deploy.bench import replace_section  # noqa: E402
+from harness import command_line, machine_line, parser, replace_section
 
 MODELS = ("yolov3_mnv3_large_320", "ssdlite_mnv3_large_320", "ssdlite_mnv3_small_320")
 
@@ -58,26 +49,13 @@ def step_times(name: str, threads: int, batch: int, size: int, iters: int, warmu
     return times
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", load average %.1f at start" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} logical CPUs{load}"
-
-
 def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, command: str) -> str:
     lines = ["## Training speed (CPU)", "",
              f"One training step (forward, loss, backward, SGD step) at batch {batch}, {size}x{size}, random images "
              f"with 3 boxes each; median of {iters} steps after warm-up; torch {torch.__version__}. "
-             f"Measured {datetime.date.today().isoformat()} on {machine} (the load average says whether other "
+             f"Measured {machine} The load average says whether other "
              "processes shared the machine: a busy machine gives pessimistic, noisy numbers, and there a second "
-             "torch thread makes a step slower, not faster). Compare rows of one run.",
+             "torch thread makes a step slower, not faster. Compare rows of one run.",
              "", "| model | threads | step (s) | images/s |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['threads']} | {r['step_s']:.2f} | {r['images_per_s']:.2f} |")
@@ -86,7 +64,7 @@ def render(rows: list[dict], batch: int, size: int, iters: int, machine: str, co
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="CPU training speed of the zoo models")
+    ap = parser(__doc__)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--batch", type=int, default=8)
@@ -103,11 +81,10 @@ def main() -> None:
             med = statistics.median(times)
             rows.append({"model": name, "threads": th, "step_s": med, "images_per_s": args.batch / med})
             print(f"{name:28s} threads={th} step {med:.2f} s  {args.batch / med:.2f} img/s", flush=True)
-    command = ".venv/bin/python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
-    text = render(rows, args.batch, args.size, args.iters, machine, command.strip())
+    text = render(rows, args.batch, args.size, args.iters, machine, command_line(__file__))
     print(text)
     if not args.no_write:
-        replace_section(ROOT / "BENCHMARKS.md", "train_speed", text)
+        replace_section(args.md, "train_speed", text)
 
 
 if __name__ == "__main__":
