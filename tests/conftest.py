@@ -11,6 +11,17 @@ DATA = ROOT / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): export,
+    quantization and the torch references then compute the same on every machine, and a loaded 2-core runner is
+    not oversubscribed (a second thread made those modules ~10x slower under load)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

@@ -25,14 +25,7 @@ PHOTOS = sorted(VAL.glob("*.jpg"))[:3]
 CALIB = sorted((ROOT / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))[:8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Export and the torch reference run on one thread: on the shared 2-core machine a second intra-op
-    thread made these tests ~10x slower under load (the runtime under test gets threads=1 too)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

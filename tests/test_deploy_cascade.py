@@ -20,12 +20,7 @@ LANDSCAPE, PORTRAIT = VAL / "000000000139.jpg", VAL / "000000000285.jpg"  # 640x
 CALIB = sorted((ROOT / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))[:8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ runner = CliRunner()
 AP_TOL = 0.001  # 0.1 AP point on the 0..1 scale of the stats
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op thread per module
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,10 @@ def calibration_feeds(detector, images) -> tuple[list[dict], list[dict]]:
         x, (w, h) = detector.preprocess(rgb)
         dense.append({detector.meta["input_name"]: x})
         outs = detector.forward(x)
-        resized = rcnn_ops.resized_hw(h, w, detector.input_size)
-        rois = post.proposals(outs, resized)
-        if len(rois):
-            roi.append(post.roi_feeds(outs, rois, resized))
+        rois = post.proposals(outs)
+        if len(rois):  # the same feeds the deployed post-processing gives the RoI part
+            info = (h, w, rcnn_ops.long_side_scale(h, w, detector.input_size))
+            roi.append(post.roi_feeds(outs, rois, info))
     return dense, roi
 
 

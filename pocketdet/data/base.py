@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from ..images import to_rgb_array
 from .errors import DataError
 
 log = logging.getLogger("pocketdet.data")
@@ -65,7 +66,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         rec = self.records[i]
         try:
             with Image.open(rec.path) as im:
-                arr = pil_to_rgb(im)
+                arr = to_rgb_array(im)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/garbage files
             raise DataError(f"cannot decode image {rec.path}: {e}") from e
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -103,19 +104,6 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def label_to_category_id(self, label: int) -> int:
         return label + 1
-
-
-def pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """Any common PIL mode -> HxWx3 uint8 RGB in the stored frame (EXIF orientation is not applied: COCO's
-    annotations and width/height are in the stored frame). 16-bit grayscale keeps its top 8 bits (PIL's
-    convert would clip it to white), alpha is dropped. Same rules as `pocketdet.deploy.npops.to_rgb_array`
-    (tests/test_images.py checks they agree)."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        gray = (np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        raise ValueError("floating-point images (PIL mode F) are not supported: convert to 8-bit RGB first")
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def read_image_size(path: Path) -> tuple[int, int]:

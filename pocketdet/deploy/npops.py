@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import to_rgb_array
+
 # same clamp as pocketdet.models.box_ops: exp() of a width/height offset cannot overflow
 _DWH_CLAMP = np.float32(np.log(1000.0 / 16))
 
@@ -22,18 +24,6 @@ _DWH_CLAMP = np.float32(np.log(1000.0 / 16))
 # (`PIL.ImageOps.exif_transpose`) and pass the result.
 
 REDUCING_GAP = 2.0  # integer pre-reduction keeps >= this many source pixels per output pixel (PIL's reducing_gap)
-
-
-def to_rgb_array(im: Image.Image) -> np.ndarray:
-    """A PIL image of any common mode -> HxWx3 uint8 RGB. 16-bit grayscale keeps its top 8 bits (PIL's own
-    convert would clip it to white); alpha is dropped (the colour under it is used as is); CMYK converts with
-    PIL's ICC-less formula; palette and 1-bit images expand."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        gray = (np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        raise ValueError("floating-point images (PIL mode F) are not supported: convert to 8-bit RGB first")
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def load_rgb(image) -> np.ndarray:

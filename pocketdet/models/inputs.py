@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..images import to_rgb_array
+
 REDUCING_GAP = 2.0  # = npops.REDUCING_GAP
 
 
@@ -41,12 +43,12 @@ def _one(im, min_wh) -> tuple[torch.Tensor, tuple[int, int]]:
                 w, h = f.size
                 if f.format == "JPEG" and min_wh is not None:
                     f.draft("RGB", tuple(max(1, int(v)) for v in min_wh(w, h)))
-                im = _rgb(f)
+                im = to_rgb_array(f)
         except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot read image {im}: {e}") from e
         return _reduced_tensor(im, (w, h), min_wh)
     if isinstance(im, Image.Image):
-        im = _rgb(im)
+        im = to_rgb_array(im)
     if isinstance(im, np.ndarray):
         if im.ndim != 3 or im.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 array, got shape {im.shape}")
@@ -57,16 +59,6 @@ def _one(im, min_wh) -> tuple[torch.Tensor, tuple[int, int]]:
         t = im.float() / 255.0 if im.dtype == torch.uint8 else im.float()
         return t, (int(im.shape[-1]), int(im.shape[-2]))
     raise TypeError(f"unsupported image type {type(im).__name__}")
-
-
-def _rgb(im) -> np.ndarray:
-    """= npops.to_rgb_array."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        gray = (np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        raise ValueError("floating-point images (PIL mode F) are not supported: convert to 8-bit RGB first")
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _reduced_tensor(rgb: np.ndarray, orig_wh, min_wh) -> tuple[torch.Tensor, tuple[int, int]]:
