@@ -30,6 +30,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it owner-only; a checkpoint gets a normal file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getbuffer())
             f.flush()
@@ -47,6 +48,12 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -175,3 +175,18 @@ def test_loader_workers_capped_at_the_machine(monkeypatch):
 
     monkeypatch.setattr(trainer, "available_cpus", lambda: 2)
     assert trainer.loader_workers(8) == 2 and trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1
+
+
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    """save_atomic writes through mkstemp (owner-only 0600); the renamed checkpoint gets a normal file's mode,
+    as torch.save would give it, so a run directory shared with a group stays readable."""
+    import os
+
+    from pocketdet.checkpoint import save_atomic
+
+    old = os.umask(0o022)
+    try:
+        save_atomic({"model": {}}, tmp_path / "a.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
