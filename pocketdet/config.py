@@ -46,7 +46,7 @@ class TrainCfg(_Strict):
     scale_lr: bool = True            # linear LR scaling when the total batch differs from reference_batch
     optimizer: OptimizerCfg
     schedule: ScheduleCfg
-    augment: Literal["ssd", "yolo", "rcnn", "none"] = "ssd"
+    augment: Literal["ssd", "yolo", "rcnn", "picodet", "none"] = "ssd"
     num_workers: int = 2             # data loader workers per process, capped at the CPUs the process may use
     ema_decay: float | None = None
     amp: bool = True                 # used on CUDA only

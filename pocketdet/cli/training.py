@@ -76,10 +76,12 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
     overrides = list(set_)
     if iters is not None:
         overrides += [f"train.schedule.max_iters={iters}"]
-        mixup = cfg.train.extra.get("mixup_iters")
-        if isinstance(mixup, int) and mixup > 0 and not any(o.startswith("train.extra.mixup_iters") for o in set_):
-            # YOLOv3 mixes up for the first 250k of 500k iterations: keep that fraction of a shorter run
-            overrides.append(f"train.extra.mixup_iters={min(round(mixup * iters / cfg.train.schedule.max_iters), iters)}")
+        # phases of the schedule keep their fraction of a shorter run: YOLOv3 mixes up for the first 250k of 500k
+        # iterations, PicoDet assigns with ATSS for the first third
+        for key in ("mixup_iters", "static_assigner_iters"):
+            n = cfg.train.extra.get(key)
+            if isinstance(n, int) and n > 0 and not any(o.startswith(f"train.extra.{key}") for o in set_):
+                overrides.append(f"train.extra.{key}={min(round(n * iters / cfg.train.schedule.max_iters), iters)}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
     if lr is not None:
@@ -139,6 +141,7 @@ def _frozen_norm_init(dataset, n: int = 16):
 
 
 def _family_hooks(cfg) -> dict:
-    """Batch-level augmentation that some families need (YOLOv3 multi-scale + mixup, R-CNN multi-scale)."""
+    """Batch-level augmentation that some families need (YOLOv3 multi-scale + mixup, R-CNN and PicoDet multi-scale)
+    and per-iteration model state (PicoDet: which assigner)."""
     from ..engine.family_hooks import hooks_for
     return hooks_for(cfg)

@@ -101,4 +101,7 @@ def build_train_transforms(kind: str, input_size: int):
     if kind == "rcnn":
         from .rcnn_aug import build_rcnn_transforms  # written with the Cascade R-CNN family
         return build_rcnn_transforms()
+    if kind == "picodet":
+        from .picodet_aug import build_picodet_transforms
+        return build_picodet_transforms()
     raise ValueError(f"unknown augmentation pipeline {kind!r}")

@@ -5,25 +5,31 @@ from __future__ import annotations
 import torch
 
 from ..config import ConfigError
+from ..data.picodet_aug import multiscale_sizes, picodet_collate
 from ..data.rcnn_aug import RCNNMultiScaleCollate
 from ..data.yolo_aug import MixupDataset, RandomShapeCollate
 
 
 def hooks_for(cfg) -> dict:
+    """TrainOptions fields for a config: those of its augmentation, plus its model family's per-iteration hook."""
     aug = cfg.train.augment
-    if aug == "yolo":
-        return yolo_hooks(cfg)
-    if aug == "rcnn":
-        return rcnn_hooks(cfg)
-    return {}
+    hooks = {"yolo": yolo_hooks, "rcnn": rcnn_hooks, "picodet": picodet_aug_hooks}.get(aug, lambda c: {})(cfg)
+    if cfg.model["arch"] == "picodet":
+        hooks["iteration_hook"] = picodet_assigner_hook(cfg)
+    return hooks
+
+
+def _extra_iters(cfg, key: str) -> int:
+    value = cfg.train.extra.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"config {cfg.name}: train.extra.{key} must be an integer >= 0, got {value!r}")
+    return value
 
 
 def yolo_hooks(cfg) -> dict:
     """TrainOptions fields for `augment: yolo`: the mixup dataset wrapper (on for `train.extra.mixup_iters`
     iterations, spec §4.5) and the multi-scale batch collate."""
-    mixup_iters = cfg.train.extra.get("mixup_iters", 0)
-    if not isinstance(mixup_iters, int) or isinstance(mixup_iters, bool) or mixup_iters < 0:
-        raise ConfigError(f"config {cfg.name}: train.extra.mixup_iters must be an integer >= 0, got {mixup_iters!r}")
+    mixup_iters = _extra_iters(cfg, "mixup_iters")
     batch = cfg.train.batch_size
 
     def wrap(dataset):
@@ -47,3 +53,25 @@ def rcnn_hooks(cfg) -> dict:
     if not isinstance(sizes, list) or not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
         raise ConfigError(f"config {cfg.name}: train.extra.short_sizes must be a non-empty list of positive ints")
     return {"collate_fn": RCNNMultiScaleCollate(sizes, int(extra["max_size"]))}
+
+
+def picodet_aug_hooks(cfg) -> dict:
+    """TrainOptions fields for `augment: picodet`: the BatchRandomResize collate over `train.extra.multiscale_sizes`
+    (default: the model's input size -64..+64, step 32, as the PicoDet readers)."""
+    sizes = cfg.train.extra.get("multiscale_sizes") or multiscale_sizes(int(cfg.model.get("input_size", 320)))
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ConfigError(f"config {cfg.name}: train.extra.multiscale_sizes must be a list of positive ints, "
+                          f"got {sizes!r}")
+    return {"collate_fn": picodet_collate(sizes)}
+
+
+def picodet_assigner_hook(cfg):
+    """PicoHeadV2 assigns with ATSS (static_assigner) for the first `train.extra.static_assigner_iters`
+    iterations (the recipe's first 100 of 300 epochs), with the task-aligned assigner after. The iteration comes
+    from the trainer, so a resumed run switches at the same step."""
+    static_iters = _extra_iters(cfg, "static_assigner_iters")
+
+    def hook(model, iteration: int) -> None:
+        model.use_static_assigner = iteration < static_iters
+
+    return hook

@@ -48,6 +48,7 @@ class TrainOptions:
     dataset_wrapper: Callable | None = None  # families with sample-mixing augmentation (mixup) set this
     transform: Callable | None = None      # replaces the family's per-sample transform (data/gpu_aug.py)
     batch_transform: Callable | None = None  # (images, targets, device) -> on-device batch (data/gpu_aug.py)
+    iteration_hook: Callable | None = None  # (model, iteration) before each step: schedule-dependent model state
     stop_after: int | None = None          # stop (with a checkpoint) at this iteration: tests, time-boxed runs
 
 
@@ -216,6 +217,8 @@ def _train(cfg: ZooCfg, train_dataset, opts: TrainOptions, signals: _StopSignals
     it, skipped_in_a_row = start_iter, 0
     for images, targets in loader:
         set_lr(optimizer, lr_factor(it, t.schedule))
+        if opts.iteration_hook is not None:
+            opts.iteration_hook(model, it)
         if opts.batch_transform is not None:
             images, targets = opts.batch_transform(images, targets, device)
         images = [im.to(device, non_blocking=True) for im in images]
