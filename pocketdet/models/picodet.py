@@ -19,6 +19,7 @@ from .base import DetectionModel
 from .lcnet import LCNet
 from .lcpan import LCPAN
 from .picodet_head import PicoHeadV2
+from .picodet_loss import PicoLossCfg, picodet_loss
 from .ssdlite import nms_per_class
 
 # width of LCNet, neck/head channels and head tower depth per size, from the v2.6.0 configs
@@ -58,6 +59,11 @@ class PicoDet(DetectionModel):
         self.postprocess_cfg = dict(score_thresh=score_thresh, nms_thresh=nms_thresh, nms_top_k=nms_top_k,
                                     keep_top_k=keep_top_k)
         self._anchor_cache: dict = {}
+        self.loss_cfg = PicoLossCfg(num_classes, tuple(self.strides), self.reg_max, self.cell_offset,
+                                    self.grid_cell_scale)
+        # ATSS (PicoHeadV2's static_assigner) instead of the task-aligned assigner: the trainer sets this per
+        # iteration from train.extra.static_assigner_iters (engine/family_hooks.py)
+        self.use_static_assigner = False
         self._init_weights()
 
     def _init_weights(self):
@@ -108,7 +114,10 @@ class PicoDet(DetectionModel):
 
     # -- training -----------------------------------------------------------------------------------
     def compute_loss(self, x, targets):
-        raise NotImplementedError("PicoDet training: see picodet_loss")
+        """{"loss_vfl", "loss_bbox", "loss_dfl"} of PicoHeadV2 (`picodet_loss.py`), with ATSS assignment while
+        `use_static_assigner`, task-aligned after."""
+        cls_scores, reg_dists = self.head_outputs(x)
+        return picodet_loss(cls_scores, reg_dists, targets, self.loss_cfg, self.use_static_assigner)
 
     # -- inference ----------------------------------------------------------------------------------
     def postprocess(self, raw, sizes):
