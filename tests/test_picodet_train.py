@@ -131,4 +131,22 @@ def test_cli_train_smoke(tmp_path, tiny_coco, monkeypatch):
     assert r.exit_code == 0, r.output
     assert (out / "last.pt").exists() and (out / "metrics.jsonl").exists()
     assert [static for static, _ in calls] == [True, False]
-    assert all(size in (256, 288, 320, 352, 384) for _, size in calls)
+    assert all(size in (256, 288, 320, 352, 384) for _, size in calls), calls
+    assert any(size != 320 for _, size in calls)  # the seed draws 288 and 384: trained at those, not stretched
+    print("picodet CLI smoke: (static assigner, trained size) per iteration", calls)
+
+
+def test_multiscale_training_batch_kept_at_its_size():
+    """BatchRandomResize batches train at their own size (boxes in its pixels); other inputs are stretched to
+    input_size. A 128 input has a 2 x 2 stride-64 level, fewer cells than ATSS's 9 candidates: all are taken."""
+    model = build_model(load_config("picodet_xs_320").model, num_classes=3).train()
+    seen = []
+    model.backbone.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    t = [{"boxes": torch.tensor([[10.0, 10.0, 100.0, 120.0]]), "labels": torch.tensor([1])}]
+    for static in (True, False):
+        model.use_static_assigner = static
+        losses = model(torch.rand(1, 3, 288, 288), t)      # a multi-scale batch: trained at 288
+        assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_bbox"] > 0
+        model([torch.rand(3, 128, 128)], t)                 # a list of equal squares (the trainer's form)
+        model([torch.rand(3, 300, 400)], t)                 # anything else: stretched to input_size
+    assert seen == [(288, 288), (128, 128), (320, 320)] * 2

@@ -95,9 +95,10 @@ def atss_assign(anchors: torch.Tensor, level_counts: list[int], gt_labels: torch
                 gt_mask: torch.Tensor, num_classes: int, pred_boxes: torch.Tensor | None = None,
                 topk: int = 9) -> Assignment:
     """ATSS (Zhang et al. 2020): per level the `topk` anchors whose centres are closest to a GT's centre are
-    candidates; those with IoU above mean + std (unbiased) of the candidates' IoUs and centre inside the GT
-    are positives. Soft targets are the IoU of the *predicted* box with its GT when `pred_boxes` [B, L, 4]
-    is given (PicoDet's static assigner), else 1."""
+    candidates (a level with fewer cells gives all: small inputs, where Paddle fails); those with IoU above
+    mean + std (unbiased) of the candidates' IoUs and centre inside the GT are positives. Soft targets are
+    the IoU of the *predicted* box with its GT when `pred_boxes` [B, L, 4] is given (PicoDet's static
+    assigner), else 1."""
     batch, n = gt_labels.shape
     num_anchors = anchors.shape[0]
     if n == 0:
@@ -109,7 +110,7 @@ def atss_assign(anchors: torch.Tensor, level_counts: list[int], gt_labels: torch
     dist = (gt_c[:, :, None] - a_c[None, None]).norm(dim=-1)                  # [B, n, L]
     in_topk, cand_idx = [], []
     for lvl_dist, start in zip(dist.split(level_counts, -1), accumulate([0] + list(level_counts)[:-1])):
-        m, idx = topk_mask(lvl_dist, topk, largest=False)
+        m, idx = topk_mask(lvl_dist, min(topk, lvl_dist.shape[-1]), largest=False)
         in_topk.append(m * mask)
         cand_idx.append(idx + start)
     in_topk, cand_idx = torch.cat(in_topk, -1), torch.cat(cand_idx, -1)
@@ -141,7 +142,7 @@ def task_aligned_assign(pred_scores: torch.Tensor, pred_boxes: torch.Tensor, poi
     cls = pred_scores.transpose(1, 2).gather(1, gt_labels[..., None].expand(-1, -1, num_anchors))
     align = cls.pow(alpha) * ious.pow(beta)
     inside = points_in_boxes(points, gt_boxes).to(ious.dtype)
-    in_topk, _ = topk_mask(align * inside, topk, largest=True)
+    in_topk, _ = topk_mask(align * inside, min(topk, num_anchors), largest=True)
     positive = in_topk * inside * mask
     positive, labels, boxes, onehot = _finish(positive, ious, gt_labels, gt_boxes, num_classes)
     align = align * positive

@@ -17,6 +17,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def square_batch_side(images, multiple: int) -> int:
+    """S if `images` is a batch of S x S images (one [N,3,S,S] tensor or a list of equal [3,S,S]) with S a
+    multiple of `multiple`, else 0. Families with multi-scale training (a random size per batch) train such a
+    batch at its own size instead of stretching it to input_size."""
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        shapes = {tuple(images.shape[1:])}
+    elif isinstance(images, (list, tuple)) and images and all(isinstance(im, torch.Tensor) and im.dim() == 3
+                                                               for im in images):
+        shapes = {tuple(im.shape) for im in images}
+    else:
+        return 0
+    if len(shapes) != 1:
+        return 0
+    c, h, w = next(iter(shapes))
+    return h if c == 3 and h == w and h % multiple == 0 else 0
+
+
 class DetectionModel(nn.Module):
     arch: str = "base"
 
