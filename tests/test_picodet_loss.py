@@ -90,21 +90,22 @@ def _record_overlaps(monkeypatch) -> list[bool]:
     return seen
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name,static", [("atss", True), ("tal", False)])
-def test_loss_matches_paddle_get_loss(ref, name, static):
-    """Levels fed as the head gives them ([N,C,H,W] maps), so the flattening order is checked too. Paddle
-    divides by the sum of soft targets unclipped on one GPU; here it is clipped at 1 (as Paddle on several):
-    the fixture's sums are > 1, so both agree."""
+def test_loss_matches_paddle_get_loss(ref, name, static, dtype):
+    """Levels fed as the head gives them ([N,C,H,W] maps), so the flattening order is checked too; float32 is
+    what training runs. Paddle divides by the sum of soft targets unclipped on one GPU; here it is clipped at 1
+    (as Paddle on several): the fixture's sums are > 1, so both agree."""
     assert ref[f"{name}_scores"].sum() > 1
     cls_maps, reg_maps, start = [], [], 0
     for h, w in ref["sizes"]:
-        cls_maps.append(ref["scores"][:, start:start + h * w].transpose(1, 2).unflatten(-1, (h, w)))
-        reg_maps.append(ref["reg"][:, start:start + h * w].transpose(1, 2).unflatten(-1, (h, w)))
+        cls_maps.append(ref["scores"][:, start:start + h * w].transpose(1, 2).unflatten(-1, (h, w)).to(dtype))
+        reg_maps.append(ref["reg"][:, start:start + h * w].transpose(1, 2).unflatten(-1, (h, w)).to(dtype))
         start += h * w
     got = picodet_loss(cls_maps, reg_maps, ref["targets"], PicoLossCfg(num_classes=4), static_assigner=static)
     assert set(got) == {"loss_vfl", "loss_bbox", "loss_dfl"}
     for key, value in got.items():
-        assert value.dtype == torch.float64
+        assert value.dtype == dtype
         assert value.item() == pytest.approx(float(ref[f"{name}_{key}"]), rel=1e-5), key
 
 

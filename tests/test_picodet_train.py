@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from pocketdet.cli import app, train_overrides
 from pocketdet.config import ConfigError, apply_overrides, load_config
 from pocketdet.data.loader import SeededTransformDataset, collate_detection
-from pocketdet.data.picodet_aug import build_picodet_transforms, multiscale_sizes, picodet_collate
+from pocketdet.data.picodet_aug import build_picodet_transforms, multiscale_sizes
 from pocketdet.data.transforms import plain_train_transforms
+from pocketdet.data.yolo_aug import RandomShapeCollate
 from pocketdet.engine.evaluate import evaluate
 from pocketdet.engine.family_hooks import hooks_for
 from pocketdet.models import build_model
@@ -62,7 +63,7 @@ def test_augmentation_on_real_photos(data_dir):
     recipe's sizes; the same stream positions give the same batch (resume)."""
     ds = few_real_photos(data_dir, n=8)
     seeded = SeededTransformDataset(ds, build_picodet_transforms(), seed=3)
-    collate = picodet_collate(multiscale_sizes(320))
+    collate = RandomShapeCollate(multiscale_sizes(320))
     seen_sizes = set()
     for it in range(6):
         batch = [seeded[(it * 4 + j, j)] for j in range(4)]
@@ -103,6 +104,8 @@ def test_hooks_switch_assigner_at_configured_iteration():
         assert model.use_static_assigner is expected
     with pytest.raises(ConfigError, match="static_assigner_iters"):
         hooks_for(apply_overrides(cfg, ["train.extra.static_assigner_iters=-1"]))
+    with pytest.raises(ConfigError, match="multiscale_sizes"):
+        hooks_for(apply_overrides(cfg, ["train.extra.multiscale_sizes=[300, 320]"]))
     # --iters keeps the ATSS phase at its third of the run; an explicit --set wins
     short = apply_overrides(cfg, train_overrides(cfg, [], iters=1374))
     assert short.train.extra["static_assigner_iters"] == 458

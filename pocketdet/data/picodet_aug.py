@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torchvision.transforms import v2
 
-from .yolo_aug import ColorDistort, DrawBatchShape, PaddleIoUCrop, RandomShapeCollate
+from .yolo_aug import ColorDistort, DrawBatchShape, PaddleIoUCrop
 
 # dygraph RandomDistort's hue delta is in units of pi radians = 180 degrees
 DYGRAPH_HUE_DEGREES = (-18.0 * 180.0, 18.0 * 180.0)
@@ -30,7 +30,8 @@ def multiscale_sizes(input_size: int) -> list[int]:
 
 
 def build_picodet_transforms() -> v2.Compose:
-    """The per-sample part of the PicoDet reader (before the batch resize)."""
+    """The per-sample part of the PicoDet reader; the batch part is yolo_aug's `RandomShapeCollate` over
+    `multiscale_sizes` (BatchRandomResize with random_size, random_interp, keep_ratio False)."""
     return v2.Compose([
         PaddleIoUCrop(),
         v2.RandomHorizontalFlip(0.5),
@@ -39,8 +40,3 @@ def build_picodet_transforms() -> v2.Compose:
         v2.SanitizeBoundingBoxes(min_size=1.0),
         DrawBatchShape(),
     ])
-
-
-def picodet_collate(sizes: list[int]) -> RandomShapeCollate:
-    """BatchRandomResize(target_size=sizes, random_size, random_interp, keep_ratio False)."""
-    return RandomShapeCollate(sizes)

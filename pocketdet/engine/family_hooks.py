@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ConfigError
-from ..data.picodet_aug import multiscale_sizes, picodet_collate
+from ..data.picodet_aug import multiscale_sizes
 from ..data.rcnn_aug import RCNNMultiScaleCollate
 from ..data.yolo_aug import MixupDataset, RandomShapeCollate
 
@@ -59,10 +59,12 @@ def picodet_aug_hooks(cfg) -> dict:
     """TrainOptions fields for `augment: picodet`: the BatchRandomResize collate over `train.extra.multiscale_sizes`
     (default: the model's input size -64..+64, step 32, as the PicoDet readers)."""
     sizes = cfg.train.extra.get("multiscale_sizes") or multiscale_sizes(int(cfg.model.get("input_size", 320)))
-    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise ConfigError(f"config {cfg.name}: train.extra.multiscale_sizes must be a list of positive ints, "
-                          f"got {sizes!r}")
-    return {"collate_fn": picodet_collate(sizes)}
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % 32 == 0
+                                              for s in sizes):
+        # multiples of 32: the model trains such batches at their own size (others would be stretched back)
+        raise ConfigError(f"config {cfg.name}: train.extra.multiscale_sizes must be a list of positive multiples of "
+                          f"32, got {sizes!r}")
+    return {"collate_fn": RandomShapeCollate(sizes)}
 
 
 def picodet_assigner_hook(cfg):
