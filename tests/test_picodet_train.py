@@ -153,3 +153,19 @@ def test_multiscale_training_batch_kept_at_its_size():
         model([torch.rand(3, 128, 128)], t)                 # a list of equal squares (the trainer's form)
         model([torch.rand(3, 300, 400)], t)                 # anything else: stretched to input_size
     assert seen == [(288, 288), (128, 128), (320, 320)] * 2
+
+
+def test_float16_autocast_gives_finite_gradients():
+    """Under float16 autocast (CUDA AMP; CPU autocast here) confidently negative anchors must not give inf
+    gradients: sqrt(sigmoid * sigmoid + 1e-9) underflows to sqrt(0) in float16."""
+    model = build_model(load_config("picodet_xs_320").model, num_classes=3).train()
+    for conv in model.head.head_cls_list:
+        torch.nn.init.constant_(conv.bias, -12.0)  # sigmoid ~6e-6: times the align score below float16's range
+    for dp in model.head.cls_align:
+        dp.apply(lambda m: torch.nn.init.constant_(m.bias, -8.0) if isinstance(m, torch.nn.BatchNorm2d) else None)
+    t = [{"boxes": torch.tensor([[10.0, 10.0, 100.0, 120.0]]), "labels": torch.tensor([1])}]
+    with torch.autocast("cpu", dtype=torch.float16):
+        losses = model(torch.rand(1, 3, 256, 256), t)
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

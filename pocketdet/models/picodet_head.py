@@ -112,9 +112,11 @@ class PicoHeadV2(nn.Module):
         scores, regs = [], []
         for i, f in enumerate(feats):
             cls_feat, se_feat = self.conv_feat(f, i)
-            prob = torch.sigmoid(self.head_cls_list[i](se_feat))
+            # float32 under AMP: in float16 a confident negative's sigmoid product and the 1e-9 underflow to 0,
+            # and sqrt's gradient there is inf (every step skipped by the GradScaler)
+            prob = torch.sigmoid(self.head_cls_list[i](se_feat).float())
             if self.cls_align is not None:
-                prob = (prob * torch.sigmoid(self.cls_align[i](cls_feat)) + ALIGN_EPS).sqrt()
+                prob = (prob * torch.sigmoid(self.cls_align[i](cls_feat).float()) + ALIGN_EPS).sqrt()
             scores.append(prob)
             regs.append(self.head_reg_list[i](se_feat))
         return scores, regs
