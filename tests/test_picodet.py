@@ -139,3 +139,15 @@ def test_cosine_period_longer_than_the_run():
     assert sched.cosine_iters == sched.max_iters * 3 // 2
     assert lr_factor(sched.max_iters, sched) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 3)))
     assert lr_factor(sched.max_iters, sched.model_copy(update={"cosine_iters": None})) == pytest.approx(0.0)
+
+
+def test_shorter_run_keeps_the_cosine_fraction():
+    from pocketdet.cli import train_overrides
+    from pocketdet.config import apply_overrides
+
+    cfg = load_config("picodet_l_640")
+    new = apply_overrides(cfg, train_overrides(cfg, [], iters=1000)).train.schedule
+    assert (new.max_iters, new.cosine_iters) == (1000, 1500)
+    assert lr_factor(1000, new) == pytest.approx(0.25)
+    kept = apply_overrides(cfg, train_overrides(cfg, ["train.schedule.cosine_iters=1000"], iters=1000))
+    assert kept.train.schedule.cosine_iters == 1000
