@@ -139,3 +139,31 @@ def test_cosine_period_longer_than_the_run():
     assert sched.cosine_iters == sched.max_iters * 3 // 2
     assert lr_factor(sched.max_iters, sched) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 3)))
     assert lr_factor(sched.max_iters, sched.model_copy(update={"cosine_iters": None})) == pytest.approx(0.0)
+
+
+def test_shorter_run_keeps_the_cosine_fraction():
+    from pocketdet.cli import train_overrides
+    from pocketdet.config import apply_overrides
+
+    cfg = load_config("picodet_l_640")
+    new = apply_overrides(cfg, train_overrides(cfg, [], iters=1000)).train.schedule
+    assert (new.max_iters, new.cosine_iters) == (1000, 1500)
+    assert lr_factor(1000, new) == pytest.approx(0.25)
+    kept = apply_overrides(cfg, train_overrides(cfg, ["train.schedule.cosine_iters=1000"], iters=1000))
+    assert kept.train.schedule.cosine_iters == 1000
+
+
+def test_finetune_init_keeps_rows_of_classes_named_like_coco():
+    from pocketdet.init_weights import init_from_model
+
+    source = build("picodet_xs_320")
+    target = PicoDet("xs", num_classes=3, class_names=["dog", "unicorn", "person"], input_size=320)
+    fresh = target.head.head_cls_list[2].weight.detach().clone()
+    report = init_from_model(target, source, "coco.pt")
+    coco = source.class_names
+    for i in range(4):
+        w_t, w_s = target.head.head_cls_list[i].weight, source.head.head_cls_list[i].weight
+        assert torch.equal(w_t[0], w_s[coco.index("dog")]) and torch.equal(w_t[2], w_s[coco.index("person")])
+    assert torch.equal(target.head.head_cls_list[2].weight[1], fresh[1])  # unicorn keeps its fresh init
+    assert torch.equal(target.head.head_reg_list[0].weight, source.head.head_reg_list[0].weight)
+    assert report.reinitialised == ["unicorn"]
