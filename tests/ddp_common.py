@@ -1,12 +1,14 @@
 """Shared by the DDP test and its torchrun worker: a deterministic model and global batch."""
 import torch
 
-from pocketdet.models import SSDLite
+from pocketdet.models import MODEL_CLASSES
 
 
-def make_model() -> SSDLite:
+def make_model(arch: str = "ssdlite"):
+    """SSDLite-Small, or PicoDet-XS (task-aligned assigner: its targets depend on the predictions, its loss on the
+    global sum of soft targets)."""
     torch.manual_seed(0)
-    m = SSDLite("small", num_classes=3)
+    m = MODEL_CLASSES[arch]({"ssdlite": "small", "picodet": "xs"}[arch], num_classes=3)
     m.train()
     for mod in m.modules():  # frozen BN: batch statistics would differ between 1x4 and 2x2 images
         if isinstance(mod, torch.nn.BatchNorm2d):

@@ -10,10 +10,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from ddp_common import global_batch, make_model  # noqa: E402
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, arch: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_model()
+    model = make_model(arch)
     images, targets = global_batch()
     per = len(images) // world
     sl = slice(rank * per, (rank + 1) * per)
@@ -27,4 +27,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "ssdlite")
