@@ -16,7 +16,6 @@ from itertools import accumulate
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 
 class Assignment(NamedTuple):
@@ -74,13 +73,13 @@ def _finish(positive: torch.Tensor, ious: torch.Tensor, gt_labels, gt_boxes, num
     """An anchor positive for several GTs keeps only the GT of highest IoU (over all GTs, padding included,
     first index on ties); then per anchor the assigned label (background if none), box and one-hot."""
     multiple = positive.sum(-2, keepdim=True) > 1
-    best = F.one_hot(ious.argmax(-2), ious.shape[-2]).transpose(-1, -2).to(positive.dtype)
+    best = torch.zeros_like(positive).scatter_(-2, ious.argmax(-2, keepdim=True), 1.0)
     positive = torch.where(multiple, best, positive)
     any_pos = positive.sum(-2) > 0                                             # [B, L]
     gt_index = positive.argmax(-2)                                             # [B, L]; 0 where none
     labels = torch.where(any_pos, gt_labels.gather(1, gt_index), torch.full_like(gt_index, num_classes))
     boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
-    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(ious.dtype)
+    onehot = ious.new_zeros(*labels.shape, num_classes + 1).scatter_(-1, labels[..., None], 1.0)[..., :num_classes]
     return positive, labels, boxes, onehot
 
 
