@@ -167,3 +167,25 @@ def test_finetune_init_keeps_rows_of_classes_named_like_coco():
     assert torch.equal(target.head.head_cls_list[2].weight[1], fresh[1])  # unicorn keeps its fresh init
     assert torch.equal(target.head.head_reg_list[0].weight, source.head.head_reg_list[0].weight)
     assert report.reinitialised == ["unicorn"]
+
+
+def test_pretrained_lcnet_in_paddleclas_naming(tmp_path):
+    """PaddleClas PP-LCNet ImageNet files (`conv1.conv.weight`, `blocks2.0.dw_conv.bn._mean`, ...,
+    `last_conv.weight`, `fc.*`) fill the whole backbone; the classifier is reported, not loaded."""
+    import pickle
+
+    from pocketdet.convert.paddle import load_backbone_weights
+    from pocketdet.models.lcnet import LCNet
+
+    imagenet = LCNet(0.75)
+    arrays = {k.replace("running_mean", "_mean").replace("running_var", "_variance"): v.numpy()
+              for k, v in imagenet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arrays.update({"last_conv.weight": torch.zeros(1280, 384, 1, 1).numpy(),
+                   "fc.weight": torch.zeros(1280, 1000).numpy(), "fc.bias": torch.zeros(1000).numpy()})
+    path = tmp_path / "PPLCNet_x0_75_pretrained.pdparams"
+    path.write_bytes(pickle.dumps(arrays, protocol=4))
+    model = build("picodet_s_320")
+    report = load_backbone_weights(model, path)
+    assert not report.not_loaded and sorted(report.ignored) == ["fc.bias", "fc.weight", "last_conv.weight"]
+    assert torch.equal(model.backbone.blocks6[1].se.conv2.weight, imagenet.blocks6[1].se.conv2.weight)
+    assert torch.equal(model.backbone.blocks3[0].dw_conv.bn.running_var, imagenet.blocks3[0].dw_conv.bn.running_var)
