@@ -133,9 +133,9 @@ def flat_loss(scores: torch.Tensor, reg: torch.Tensor, feat_sizes, targets: list
     gt_labels, gt_boxes, gt_mask = pad_targets(targets, scores.dtype, scores.device)
     if static_assigner:
         a = atss_assign(anchors, counts, gt_labels, gt_boxes, gt_mask, num_classes,
-                        pred_boxes=pred.detach() * stride, topk=cfg.atss_topk)
+                        pred_boxes=pred_px.detach(), topk=cfg.atss_topk)
     else:
-        a = task_aligned_assign(scores.detach(), pred.detach() * stride, points, gt_labels, gt_boxes, gt_mask,
+        a = task_aligned_assign(scores.detach(), pred_px.detach(), points, gt_labels, gt_boxes, gt_mask,
                                 num_classes, cfg.tal_topk, cfg.tal_alpha, cfg.tal_beta)
     norm = global_normalizer(a.scores.sum())
     loss_vfl = varifocal_loss(scores, a.scores, cfg.vfl_alpha, cfg.vfl_gamma) / norm
