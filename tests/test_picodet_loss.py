@@ -104,9 +104,12 @@ def test_loss_matches_paddle_get_loss(ref, name, static, dtype):
         start += h * w
     got = picodet_loss(cls_maps, reg_maps, ref["targets"], PicoLossCfg(num_classes=4), static_assigner=static)
     assert set(got) == {"loss_vfl", "loss_bbox", "loss_dfl"}
+    rel = {k: abs(v.item() - float(ref[f"{name}_{k}"])) / abs(float(ref[f"{name}_{k}"])) for k, v in got.items()}
+    print(f"[picodet loss parity] {name} {dtype}: " + ", ".join(f"{k} {got[k].item():.6f} rel {r:.1e}"
+                                                                for k, r in rel.items()))
     for key, value in got.items():
         assert value.dtype == dtype
-        assert value.item() == pytest.approx(float(ref[f"{name}_{key}"]), rel=1e-5), key
+        assert rel[key] <= 1e-5, key
 
 
 def test_no_boxes_anywhere_gives_classification_loss_only(ref):
