@@ -14,13 +14,9 @@ the file by hand; nothing half-written is left in the cache.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from .config import ConfigError, WeightsCfg, load_config
@@ -28,6 +24,7 @@ from .convert.common import WeightConversionError, save_converted
 from .convert.paddle import convert_paddle
 from .convert.paddle_io import PaddleFormatError
 from .checkpoint import CheckpointError
+from .download import DownloadError, check_file, fetch, sha256_of
 
 log = logging.getLogger("pocketdet.hub")
 
@@ -71,65 +68,20 @@ def _hand_placement(dst: Path) -> str:
     return f"download it elsewhere and pass --weights PATH, or copy it to {dst}"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check(path: Path, entry: WeightsCfg, what: str) -> str:
     """sha256 of `path`, after the size and hash checks the entry allows; raises WeightsError."""
-    size = path.stat().st_size
-    if entry.size is not None and size != entry.size:
-        raise WeightsError(f"{what}: {size} bytes, expected {entry.size} (truncated or another file)")
-    digest = sha256_of(path)
-    if entry.sha256 and digest != entry.sha256.lower():
-        raise WeightsError(f"{what}: sha256 {digest[:16]}... does not match the expected {entry.sha256[:16]}...")
-    return digest
+    try:
+        return check_file(path, entry.size, entry.sha256, what)
+    except DownloadError as e:
+        raise WeightsError(str(e)) from None
 
 
 def download(url: str, dst: Path, entry: WeightsCfg, progress: bool = True) -> str:
-    """Fetch `url` into `dst` (temp file + rename) and return its sha256; nothing stays behind on failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-    tmp = Path(tmp_name)
+    """Fetch `url` into `dst` (all or nothing, see pocketdet/download.py) and return its sha256."""
     try:
-        try:
-            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
-                total = r.headers.get("Content-Length")
-                total = int(total) if total and total.isdigit() else None
-                from tqdm import tqdm
-                with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, disable=not progress) as bar:
-                    got = 0
-                    for block in iter(lambda: r.read(1 << 20), b""):
-                        f.write(block)
-                        got += len(block)
-                        bar.update(len(block))
-            if total is not None and got != total:
-                raise WeightsError(f"{url}: download truncated ({got} of {total} bytes); retry, or "
-                                   f"{_hand_placement(dst)}")
-        except WeightsError:
-            raise
-        except http.client.IncompleteRead as e:
-            raise WeightsError(f"{url}: download truncated ({len(e.partial)} bytes short read); retry, or "
-                               f"{_hand_placement(dst)}") from None
-        except urllib.error.HTTPError as e:
-            raise WeightsError(f"{url}: server refused the download (HTTP {e.code} {e.reason}); "
-                               f"{_hand_placement(dst)}") from None
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:  # offline, reset, cut
-            reason = getattr(e, "reason", None) or e
-            raise WeightsError(f"{url}: download failed ({type(e).__name__}: {reason}); network offline? "
-                               f"{_hand_placement(dst)}") from None
-        try:
-            digest = _check(tmp, entry, url)
-        except WeightsError as e:
-            raise WeightsError(f"{e}; {_hand_placement(dst)}") from None
-        os.replace(tmp, dst)
-        return digest
-    finally:
-        tmp.unlink(missing_ok=True)
+        return fetch(url, dst, size=entry.size, sha256=entry.sha256, progress=progress, timeout=TIMEOUT_S)
+    except DownloadError as e:
+        raise WeightsError(f"{e}; {_hand_placement(dst)}") from None
 
 
 def official_source(name: str, tag: str = "coco", progress: bool = True) -> tuple[Path, str]:

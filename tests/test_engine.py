@@ -171,10 +171,20 @@ def test_checkpoint_holds_best_ap_of_its_own_iteration_across_resumes(tmp_path, 
 
 
 def test_loader_workers_capped_at_the_machine(monkeypatch):
-    from pocketdet.engine import trainer
+    """Training's recipe workers and `val --workers` alike are capped at the CPUs the process may use."""
+    from pocketdet.engine import device, evaluate
 
-    monkeypatch.setattr(trainer, "available_cpus", lambda: 2)
-    assert trainer.loader_workers(8) == 2 and trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1
+    monkeypatch.setattr(device, "available_cpus", lambda: 2)
+    assert device.loader_workers(8) == 2 and device.loader_workers(0) == 0 and device.loader_workers(1) == 1
+    seen = []
+
+    def fake_loader(dataset, batch_size, num_workers):
+        seen.append(num_workers)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(evaluate, "eval_loader", fake_loader)
+    with pytest.raises(RuntimeError, match="stop here"):
+        evaluate.evaluate(torch.nn.Identity(), dataset=None, num_workers=16, progress=False)
+    assert seen == [2]
 
 
 def test_checkpoint_file_mode_follows_the_umask(tmp_path):

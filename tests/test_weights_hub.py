@@ -267,3 +267,29 @@ def test_train_weights_coco_downloads_before_training_and_maps_rows(hub_env, sma
     g = class_rows(model)[key].groups
     got, src = model.state_dict()[key].reshape(g, 3, -1), small_model.state_dict()[key].reshape(g, 81, -1)
     assert torch.equal(got[:, 2], src[:, 1]) and torch.equal(got[:, 0], src[:, 0])  # person, background
+
+
+def test_pretrained_url_uses_the_same_all_or_nothing_downloader(tmp_path, monkeypatch, small_model):
+    """`--pretrained URL` (load_backbone_weights) goes through pocketdet/download.py too: a cut body leaves no
+    file in torch hub's cache and says so in one line; a whole one is cached, loaded and not fetched again."""
+    from pocketdet.convert import load_backbone_weights
+    from pocketdet.download import DownloadError
+
+    from pocketdet.convert.paddle_names import to_paddle_dygraph
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch/hub/checkpoints"
+    backbone = {to_paddle_dygraph(k[len("backbone."):]): v.numpy() for k, v in small_model.state_dict().items()
+                if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+    write_pdparams(backbone, tmp_path / "b.pdparams")
+    with LoopbackServer({"/w/small.pdparams": (tmp_path / "b.pdparams").read_bytes()}) as srv:
+        srv.truncate.add("/w/small.pdparams")
+        with pytest.raises(DownloadError, match="truncated") as e:
+            load_backbone_weights(build("ssdlite_mnv3_small_320"), srv.base + "/w/small.pdparams")
+        assert "\n" not in str(e.value) and not any(cache.glob("*"))
+        srv.truncate.clear()
+        for _ in range(2):
+            m = build("ssdlite_mnv3_small_320")
+            report = load_backbone_weights(m, srv.base + "/w/small.pdparams")
+            assert report.loaded and torch.equal(m.backbone.conv1.conv.weight, small_model.backbone.conv1.conv.weight)
+        assert [p.name for p in cache.glob("*")] == ["small.pdparams"] and len(srv.requests) == 2

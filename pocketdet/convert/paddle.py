@@ -30,7 +30,6 @@ SSD extra layers) keep their initialisation and are listed.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from ..download import DownloadError, check_file, fetch
 from ..models import build_model
 from .common import ConversionReport, WeightConversionError, check_and_load, model_keys, save_converted
 from .paddle_io import PaddleFormatError, read_paddle_weights
@@ -236,15 +236,15 @@ def paddle_static_arrays(model) -> dict[str, np.ndarray]:
 def _download(url: str, sha256: str | None) -> Path:
     """Into torch hub's cache (`$TORCH_HOME/hub/checkpoints`), verified against sha256 when one is known."""
     dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rstrip("/").rsplit("/", 1)[-1]
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(dst), progress=True)
     expected = sha256 or KNOWN_SHA256.get(dst.name)
-    if expected:
-        digest = hashlib.sha256(dst.read_bytes()).hexdigest()
-        if digest != expected:
-            dst.unlink()
-            raise WeightConversionError(f"{url}: sha256 {digest} does not match the expected {expected}")
+    if not dst.exists():
+        fetch(url, dst, sha256=expected)  # DownloadError (an OSError): the CLI says "offline?" in one line
+        return dst
+    try:
+        check_file(dst, None, expected, str(dst))
+    except DownloadError as e:
+        dst.unlink()
+        raise WeightConversionError(f"{e}; removed it from the cache, the next run downloads it again") from None
     return dst
 
 

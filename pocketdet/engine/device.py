@@ -1,7 +1,13 @@
-"""`--device` as users type it (auto, cpu, cuda, cuda:1, gpu), checked before any work starts."""
+"""`--device` as users type it (auto, cpu, cuda, cuda:1, gpu), checked before any work starts; the CPUs this
+process may use, which cap data loader workers (training and evaluation)."""
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
+
+log = logging.getLogger("pocketdet.data")
 
 
 class DeviceError(ValueError):
@@ -32,3 +38,19 @@ def resolve_device(name: str) -> str:
     if dev.index is not None and dev.index >= count:
         raise DeviceError(f"--device {name!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     return spec
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """The requested worker count (8 in most zoo recipes, tuned for 8-GPU servers; `val --workers`), capped at
+    the CPUs this process may use: more workers than cores only add contention and a torch warning per run."""
+    n = min(requested, available_cpus())
+    if n < requested:
+        log.info("data loader workers: %d (%d requested, capped at this machine's %d CPUs)", n, requested, n)
+    return n

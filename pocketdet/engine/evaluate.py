@@ -13,6 +13,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from tqdm import tqdm
 
 from ..data.loader import eval_loader
+from .device import loader_workers
 
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # it prints the AP table at INFO
 
@@ -65,7 +66,7 @@ def evaluate(model, dataset, batch_size: int = 8, num_workers: int = 0, device="
     model.eval()
     outputs, ids = [], []
     t0 = time.perf_counter()
-    for images, targets in tqdm(eval_loader(dataset, batch_size, num_workers), desc="eval", disable=not progress,
+    for images, targets in tqdm(eval_loader(dataset, batch_size, loader_workers(num_workers)), desc="eval", disable=not progress,
                                 leave=False):
         outs = model([im.to(device) for im in images])
         outputs += [{k: v.cpu() for k, v in o.items()} for o in outs]

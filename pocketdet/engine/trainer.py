@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from ..data.transforms import build_train_transforms
 from ..models import build_model
 from . import distributed as dist_utils
 from ..checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .device import loader_workers
 from .ema import ModelEMA
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor, set_lr
@@ -58,22 +58,6 @@ def effective_lr(cfg: ZooCfg, world_size: int) -> float:
     if t.scale_lr:
         lr *= t.batch_size * world_size / t.reference_batch
     return lr
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def loader_workers(requested: int) -> int:
-    """The recipe's worker count (8 for most zoo entries, tuned for 8-GPU servers), capped at the CPUs this
-    process may use: more workers than cores only add contention and a torch warning per run."""
-    n = min(requested, available_cpus())
-    if n < requested:
-        log.info("data loader workers: %d (the recipe's %d capped at this machine's %d CPUs)", n, requested, n)
-    return n
 
 
 class _StopSignals:
