@@ -67,7 +67,12 @@ def test_train_overrides_rescale_mixup_with_iters():
     new = apply_overrides(cfg, train_overrides(cfg, ["train.extra.mixup_iters=7"], iters=1000))
     assert new.train.extra["mixup_iters"] == 7
     ssd = load_config("ssdlite_mnv3_small_320")
-    assert train_overrides(ssd, [], iters=10) == ["train.schedule.max_iters=10"]
+    assert train_overrides(ssd, [], iters=100000) == ["train.schedule.max_iters=100000"]
+    # a short run gets a quarter of itself as warmup, not the recipe's 2000 iterations (its LR would never peak)
+    short = apply_overrides(ssd, train_overrides(ssd, [], iters=400)).train.schedule
+    assert ssd.train.schedule.warmup_iters == 2000 and short.warmup_iters == 100
+    kept = apply_overrides(ssd, train_overrides(ssd, ["train.schedule.warmup_iters=300"], iters=400))
+    assert kept.train.schedule.warmup_iters == 300
 
 
 def test_train_without_pretrained_calibrates_frozen_norm(coco128_yaml):

@@ -82,6 +82,10 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
             overrides.append(f"train.schedule.cosine_iters={max(1, round(cos * iters / cfg.train.schedule.max_iters))}")
         # phases of the schedule keep their fraction of a shorter run: YOLOv3 mixes up for the first 250k of 500k
         # iterations, PicoDet assigns with ATSS for the first third
+        warm = cfg.train.schedule.warmup_iters
+        if warm > iters // 4 and not any(o.startswith("train.schedule.warmup_iters") for o in set_):
+            # a recipe's 2000-iteration warmup would fill a 500-iteration run: keep it to its first quarter
+            overrides.append(f"train.schedule.warmup_iters={iters // 4}")
         for key in ("mixup_iters", "static_assigner_iters"):
             n = cfg.train.extra.get(key)
             if isinstance(n, int) and n > 0 and not any(o.startswith(f"train.extra.{key}") for o in set_):
