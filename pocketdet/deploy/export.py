@@ -150,6 +150,14 @@ def cascade_graph(model, decode_in_graph: bool = True) -> GraphSpec:
                      doc=TWO_PART_DOC, extra_checks=ce.verify_roi_part)
 
 
+@register_graph("picodet")
+def picodet_graph(model, decode_in_graph: bool = True) -> GraphSpec:
+    # decoding (softmax over the distance bins, integral, anchor points) is always in the graph, as YOLO's
+    from .picodet_export import PicoDetGraph, picodet_arch_meta
+
+    return GraphSpec(PicoDetGraph(model).eval(), ["boxes", "scores"], picodet_arch_meta(model))
+
+
 def graph_spec(model, decode_in_graph: bool = True) -> GraphSpec:
     arch = getattr(model, "arch", None)
     if arch not in GRAPH_WRAPPERS:
