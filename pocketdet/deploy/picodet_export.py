@@ -1,18 +1,19 @@
 """PP-PicoDet export graph: images (0..1) -> `boxes` [1,P,4] xyxy in input pixels, `scores` [1,P,C].
 
     images -> normalise (in-graph) -> LCNet -> LCPAN -> PicoHeadV2 per level: class probabilities
-    sqrt(sigmoid(cls) * sigmoid(align)), distance bins -> softmax, integral, * stride from the anchor points
-    -> all levels flattened                                           (the graph: `PicoDet.forward_raw`)
-    -> numpy: boxes stretched to the original image, class-wise NMS    (`postprocess.PicoDetPostprocess`)
+    sqrt(sigmoid(cls) * sigmoid(align)), distance-bin logits -> softmax, integral, * stride from the anchor
+    points -> all levels flattened                                      (the graph: `PicoDet.forward_raw`)
+    -> numpy: boxes divided by the resize factor, class-wise NMS        (`postprocess.PicoDetPostprocess`)
 
-The decoding stays in the graph as in ppdet's eval path (export_post_process=True): it is elementwise and a
-few reshapes over ~2-8k points, and the raw distributions would need the same work in numpy.
+The decoding stays in the graph as in ppdet's eval path (export_post_process=True): it is elementwise work
+and a few reshapes over ~2-9k points, which the raw distributions would need in numpy as well.
 
-int8 (ORT QDQ, `compress/ort_quant.py`): `arch_meta["int8_float_modules"]` names the head modules whose nodes
-stay float: the class-probability and box-decoding tail (sigmoid, sqrt, softmax over the bins, the integral)
-would otherwise be rounded to uint8 steps (scores to 1/255, so they tie in NMS; bin probabilities to 1/255,
-moving boxes by up to stride * reg_max / 255 px). The convolutions before it, the head's included, are
-quantized.
+int8 (ORT QDQ, `compress/ort_quant.py`) keeps the export wrapper's own nodes float (the anchor-point decode
+of `PicoDet.decode` runs at its root); `arch_meta["int8_float_scopes"]` adds the head's own nodes (sigmoid,
+product, square root of the aligned score) and the integral's (softmax over the bins, dot product): in uint8
+the scores would fall on 1/255 steps (ties in NMS, a 0.025 threshold one step away) and the bin
+probabilities too (boxes off by up to stride * reg_max / 255 px). Every convolution, the head's included,
+is quantized.
 """
 from __future__ import annotations
 
@@ -34,9 +35,7 @@ class PicoDetGraph(nn.Module):
 
 def picodet_arch_meta(model) -> dict:
     s = int(model.input_size)
-    return {"decoded_in_graph": True, "input_hw": [s, s], "int8_float_modules": float_tail_modules(model)}
-
-
-def float_tail_modules(model) -> list[str]:
-    """Module-name regexes (relative to the export wrapper, so prefixed `model.`) of the decoding tail."""
-    return []
+    # module scopes as the TorchScript exporter names nodes under this wrapper (`/model/head/Sqrt`)
+    scopes = ["model.head", "model.head.distribution_project"]
+    return {"decoded_in_graph": True, "input_hw": [s, s], "reg_max": int(model.reg_max),
+            "strides": list(model.strides), "int8_float_scopes": scopes}

@@ -112,8 +112,9 @@ class PicoDetPostprocess:
 
     def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int]) -> dict:
         w, h = image_wh
-        scale = np.array([w / self.input_hw[1], h / self.input_hw[0]] * 2, np.float32)
-        return class_wise_nms(outputs["boxes"][0] * scale, outputs["scores"][0], cfg, (1, 1))
+        # divided by the resize factor (input / original) in float32, exactly as the torch model
+        factor = np.array([self.input_hw[1] / w, self.input_hw[0] / h] * 2, np.float32)
+        return class_wise_nms(outputs["boxes"][0] / factor, outputs["scores"][0], cfg, (1, 1))
 
 
 @register_postprocess("cascade_rcnn")
