@@ -34,6 +34,8 @@ class OptimizerCfg(_Strict):
 class ScheduleCfg(_Strict):
     type: Literal["cosine", "piecewise", "constant"] = "cosine"
     max_iters: int = Field(gt=0)
+    cosine_iters: int | None = Field(None, gt=0, description="cosine period when training stops before its end "
+                                     "(ppdet CosineDecay max_epochs > epoch); None: max_iters")
     warmup_iters: int = 0
     warmup_factor: float = 1.0 / 3.0
     milestones: list[int] = []

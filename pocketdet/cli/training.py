@@ -76,6 +76,10 @@ def train_overrides(cfg, set_: list[str], iters=None, batch_size=None, lr=None, 
     overrides = list(set_)
     if iters is not None:
         overrides += [f"train.schedule.max_iters={iters}"]
+        cos = cfg.train.schedule.cosine_iters
+        if cos and not any(o.startswith("train.schedule.cosine_iters") for o in set_):
+            # PicoDet-L stops at 250 of 300 cosine epochs: keep that fraction of a shorter run
+            overrides.append(f"train.schedule.cosine_iters={max(1, round(cos * iters / cfg.train.schedule.max_iters))}")
         mixup = cfg.train.extra.get("mixup_iters")
         if isinstance(mixup, int) and mixup > 0 and not any(o.startswith("train.extra.mixup_iters") for o in set_):
             # YOLOv3 mixes up for the first 250k of 500k iterations: keep that fraction of a shorter run

@@ -64,7 +64,8 @@ def lr_factor(it: int, cfg: ScheduleCfg) -> float:
 
     Like Paddle's LinearWarmup, warmup ramps towards the value the main schedule has at the end of warmup."""
     if cfg.type == "cosine":
-        main = 0.5 * (1.0 + math.cos(math.pi * min(it, cfg.max_iters) / cfg.max_iters))
+        period = cfg.cosine_iters or cfg.max_iters
+        main = 0.5 * (1.0 + math.cos(math.pi * min(it, period) / period))
     elif cfg.type == "piecewise":
         main = cfg.gamma ** sum(it >= m for m in cfg.milestones)
     else:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from .base import DetectionModel
 from .cascade_rcnn import CascadeRCNN
+from .picodet import PicoDet
 from .ssdlite import SSDLite
 from .yolov3 import YOLOv3
 
 MODEL_CLASSES: dict[str, type[DetectionModel]] = {"ssdlite": SSDLite, "yolov3": YOLOv3,
-                                                   "cascade_rcnn": CascadeRCNN}
+                                                   "cascade_rcnn": CascadeRCNN, "picodet": PicoDet}
 
 
 def build_model(model_cfg: dict, num_classes: int | None = None, class_names: list[str] | None = None):
@@ -20,4 +21,4 @@ def build_model(model_cfg: dict, num_classes: int | None = None, class_names: li
     return MODEL_CLASSES[model_cfg["arch"]](**kwargs)
 
 
-__all__ = ["CascadeRCNN", "DetectionModel", "MODEL_CLASSES", "SSDLite", "YOLOv3", "build_model"]
+__all__ = ["CascadeRCNN", "DetectionModel", "MODEL_CLASSES", "PicoDet", "SSDLite", "YOLOv3", "build_model"]
