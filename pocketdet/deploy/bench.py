@@ -26,6 +26,7 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
     the class logits sharpened and the background favoured so that, like a trained SSDLite, a few hundred
     (class, prior) pairs pass the 0.01 score threshold instead of all of them (measured: ~285 per coco128
     photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode).
+    PicoDet: `picodet_export.sharpen_head` after the BN statistics.
     Cascade R-CNN (frozen BN, two stages): see `_make_cascade_trained_like`."""
     if hasattr(model, "calibrate_frozen_norm"):
         return _make_cascade_trained_like(model, calib_images)
@@ -40,6 +41,11 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
     for b, mom in zip(bns, saved):
         b.momentum = mom
     model.eval()
+    if getattr(model, "arch", None) == "picodet":  # class / box logits spread, class bias set from the photos
+        from .picodet_export import sharpen_head
+
+        sharpen_head(model, model.normalize(x))
+        return model
     head = getattr(model, "ssd_head", None)
     if head is not None:
         c = head.num_classes
