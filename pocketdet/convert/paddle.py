@@ -43,6 +43,7 @@ from .common import ConversionReport, WeightConversionError, check_and_load, mod
 from .paddle_io import PaddleFormatError, read_paddle_weights
 from .paddle_names import (IMAGENET_CLASSIFIER, OPTIMIZER_STATE, QAT_STATE, dygraph_to_static,
                            mobilenetv3_to_static, to_paddle_dygraph)
+from .paddle_picodet import fold_head_aliases, picodet_class_count
 
 __all__ = ["convert_paddle", "save_converted", "load_backbone_weights", "PaddleFormatError",
            "WeightConversionError", "KNOWN_SHA256"]
@@ -105,6 +106,8 @@ def _class_count(arch: str, model, tensors: dict[str, np.ndarray]) -> int | None
     if arch == "cascade_rcnn":
         w = tensors.get("roi_heads.stages.0.cls_score.weight")
         return None if w is None else w.shape[0] - 1  # [out, in] after the transpose; background included
+    if arch == "picodet":
+        return picodet_class_count(tensors)  # sigmoid scores: no background class
     return None
 
 
@@ -112,7 +115,7 @@ def _unused_backbone_layer(name: str, model) -> bool:
     """A static-graph backbone layer past the detector's last tap: Paddle's MobileNetV3RCNN builds all 15
     blocks although Cascade R-CNN reads only up to conv14's expand conv; pocketdet does not build them."""
     m = re.match(r"^(?:backbone\.)?conv(\d+)[._](\w+)", name)
-    if not m:
+    if not m or not hasattr(model.backbone, "block_names"):  # MobileNetV3 backbones only
         return False
     bb = model.backbone
     block = f"conv{m[1]}"
@@ -158,6 +161,8 @@ def convert_paddle(path: str | Path, model_name: str, class_names: list[str] | N
             report.ignored[k] = "optimizer state / step counter"
         else:
             params[k] = v
+    if arch == "picodet":
+        params = fold_head_aliases(params, report, src)
 
     probe = build_model(cfg.model)  # the 80-class default: names do not depend on the class count
     naming, table = _pick_naming(_candidate_tables(list(model_keys(probe))), list(params), src, cfg.name)
