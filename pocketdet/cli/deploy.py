@@ -1,6 +1,7 @@
 """Deployment: `pocketdet export | bench` (ONNX / ncnn files, latency and AP per runtime)."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -75,7 +76,7 @@ def bench(
 
     if max_ap_drop is not None and data is None:
         _fail("--max-ap-drop needs --data (the dataset to measure AP on)")
-    command = "pocketdet bench " + " ".join(sys.argv[2:])
+    command = "pocketdet bench " + shlex.join(sys.argv[2:])  # quoted: a --title with spaces stays one word
     md, png = md or out / "BENCHMARKS.md", png or out / "latency_vs_ap.png"
     try:
         evaluate = _bench_evaluator(data, split) if data is not None else None
