@@ -68,8 +68,8 @@ def class_rows(model: nn.Module) -> dict[str, ClassRows]:
         for s in range(len(model.roi_heads.stages)):
             for p in ("weight", "bias"):
                 out[f"roi_heads.stages.{s}.cls_score.{p}"] = ClassRows(1, 1)
-    elif arch == "picodet":
-        for i in range(len(model.strides)):
+    elif arch == "picodet":  # sigmoid class maps per level, no background row
+        for i in range(len(model.head.head_cls_list)):
             for p in ("weight", "bias"):
                 out[f"head.head_cls_list.{i}.{p}"] = ClassRows(1, 0)
     else:

@@ -139,3 +139,53 @@ def test_cosine_period_longer_than_the_run():
     assert sched.cosine_iters == sched.max_iters * 3 // 2
     assert lr_factor(sched.max_iters, sched) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 3)))
     assert lr_factor(sched.max_iters, sched.model_copy(update={"cosine_iters": None})) == pytest.approx(0.0)
+
+
+def test_shorter_run_keeps_the_cosine_fraction():
+    from pocketdet.cli import train_overrides
+    from pocketdet.config import apply_overrides
+
+    cfg = load_config("picodet_l_640")
+    new = apply_overrides(cfg, train_overrides(cfg, [], iters=1000)).train.schedule
+    assert (new.max_iters, new.cosine_iters) == (1000, 1500)
+    assert lr_factor(1000, new) == pytest.approx(0.25)
+    kept = apply_overrides(cfg, train_overrides(cfg, ["train.schedule.cosine_iters=1000"], iters=1000))
+    assert kept.train.schedule.cosine_iters == 1000
+
+
+def test_finetune_init_keeps_rows_of_classes_named_like_coco():
+    from pocketdet.init_weights import init_from_model
+
+    source = build("picodet_xs_320")
+    target = PicoDet("xs", num_classes=3, class_names=["dog", "unicorn", "person"], input_size=320)
+    fresh = target.head.head_cls_list[2].weight.detach().clone()
+    report = init_from_model(target, source, "coco.pt")
+    coco = source.class_names
+    for i in range(4):
+        w_t, w_s = target.head.head_cls_list[i].weight, source.head.head_cls_list[i].weight
+        assert torch.equal(w_t[0], w_s[coco.index("dog")]) and torch.equal(w_t[2], w_s[coco.index("person")])
+    assert torch.equal(target.head.head_cls_list[2].weight[1], fresh[1])  # unicorn keeps its fresh init
+    assert torch.equal(target.head.head_reg_list[0].weight, source.head.head_reg_list[0].weight)
+    assert report.reinitialised == ["unicorn"]
+
+
+def test_pretrained_lcnet_in_paddleclas_naming(tmp_path):
+    """PaddleClas PP-LCNet ImageNet files (`conv1.conv.weight`, `blocks2.0.dw_conv.bn._mean`, ...,
+    `last_conv.weight`, `fc.*`) fill the whole backbone; the classifier is reported, not loaded."""
+    import pickle
+
+    from pocketdet.convert.paddle import load_backbone_weights
+    from pocketdet.models.lcnet import LCNet
+
+    imagenet = LCNet(0.75)
+    arrays = {k.replace("running_mean", "_mean").replace("running_var", "_variance"): v.numpy()
+              for k, v in imagenet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arrays.update({"last_conv.weight": torch.zeros(1280, 384, 1, 1).numpy(),
+                   "fc.weight": torch.zeros(1280, 1000).numpy(), "fc.bias": torch.zeros(1000).numpy()})
+    path = tmp_path / "PPLCNet_x0_75_pretrained.pdparams"
+    path.write_bytes(pickle.dumps(arrays, protocol=4))
+    model = build("picodet_s_320")
+    report = load_backbone_weights(model, path)
+    assert not report.not_loaded and sorted(report.ignored) == ["fc.bias", "fc.weight", "last_conv.weight"]
+    assert torch.equal(model.backbone.blocks6[1].se.conv2.weight, imagenet.blocks6[1].se.conv2.weight)
+    assert torch.equal(model.backbone.blocks3[0].dw_conv.bn.running_var, imagenet.blocks3[0].dw_conv.bn.running_var)
