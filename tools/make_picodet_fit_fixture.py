@@ -34,7 +34,9 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 600, eval_every: int = 2
     from pocketdet.models import build_model
 
     torch.manual_seed(0)
-    cfg = apply_overrides(load_config(MODEL), [f"train.extra.static_assigner_iters={STATIC_STEPS}"])
+    # augment none: what this fit does (and a value every branch's config schema reads)
+    cfg = apply_overrides(load_config(MODEL), [f"train.extra.static_assigner_iters={STATIC_STEPS}",
+                                               "train.augment=none"])
     model = build_model(cfg.model, class_names=ds.class_names).use_channels_last()
     switch = hooks_for(cfg)["iteration_hook"]
     images, targets = collate_detection([SeededTransformDataset(ds, plain_train_transforms(320))[i]
