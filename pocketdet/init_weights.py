@@ -11,6 +11,8 @@ Row layouts (dim 0 of each class-dependent tensor = groups x (fixed + classes)):
     SSDLite   ssd_head.scores{i}.pw_conv.weight       groups = priors per location, fixed = 1 (background first)
     YOLOv3    yolo_head.yolo_output.{i}.weight / bias groups = anchors of the level,  fixed = 5 (x y w h obj)
     Cascade   roi_heads.stages.{s}.cls_score.weight / bias   groups = 1, fixed = 1 (background first)
+    PicoDet   head.head_cls_list.{i}.weight / bias    groups = 1, fixed = 0 (sigmoid classes, no background);
+              its align head (cls_align, one output channel) and the box distributions are class-free
 """
 from __future__ import annotations
 

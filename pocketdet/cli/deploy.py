@@ -1,6 +1,7 @@
 """Deployment: `pocketdet export | bench` (ONNX / ncnn files, latency and AP per runtime)."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -54,6 +55,9 @@ def bench(
                                       "(default <out>/BENCHMARKS.md; `make bench` passes the repo's)"),
     png: Optional[Path] = typer.Option(None, help="latency-vs-AP plot (default <out>/latency_vs_ap.png)"),
     merge: bool = typer.Option(False, "--merge", help="keep earlier rows (<out>/rows.json) of other models/threads"),
+    section: str = typer.Option("deploy-zoo", "--section", help="Markdown section of --md to replace (another name "
+                                "adds a sub-table, e.g. a later run on another machine, leaving the zoo table as is)"),
+    title: Optional[str] = typer.Option(None, "--title", help="heading of that section"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset YAML: measure AP / AP50 of every runtime "
                                                               "and format on it (the deployed predict path)"),
     split: str = typer.Option("val", help="--data split to evaluate on"),
@@ -72,14 +76,14 @@ def bench(
 
     if max_ap_drop is not None and data is None:
         _fail("--max-ap-drop needs --data (the dataset to measure AP on)")
-    command = "pocketdet bench " + " ".join(sys.argv[2:])
+    command = "pocketdet bench " + shlex.join(sys.argv[2:])  # quoted: a --title with spaces stays one word
     md, png = md or out / "BENCHMARKS.md", png or out / "latency_vs_ap.png"
     try:
         evaluate = _bench_evaluator(data, split) if data is not None else None
         rows = bench_command(models or None, tuple(runtime), tuple(threads), runs, warmup, md=md, png=png,
                              workdir=out, command=command, progress=typer.echo, merge=merge,
                              int8_export=bench_int8_export, load_model=model_from_name_or_checkpoint,
-                             evaluate=evaluate)
+                             evaluate=evaluate, section=section, **({"title": title} if title else {}))
     except _user_errors() + (ValueError,) as e:
         _fail(str(e))
     typer.echo(rows_markdown(rows))
@@ -87,7 +91,7 @@ def bench(
         typer.echo(line)
     for line in int8_slower(rows, machine_info()):
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"table -> {md} (section deploy-zoo), plot -> {png}{'' if png.exists() else ' (not drawn)'}, "
+    typer.echo(f"table -> {md} (section {section}), plot -> {png}{'' if png.exists() else ' (not drawn)'}, "
                f"rows and exported models -> {out}/")
     if max_ap_drop is not None:
         failed = ap_gate(rows, max_ap_drop)

@@ -92,8 +92,12 @@ def quantize_onnx(fp32_path, out_path, images, not_quant=(), input_overrides: di
                          "quantize the model with `pocketdet quantize CKPT --method ptq` (parts quantized apart)")
     size = int(meta["input_size"])
     reader = FeedReader([{"images": resized_input(p, size)} for p in images])
+    # module scopes whose own nodes (not their children's) the export wants float: PicoDet's score and
+    # box-decoding tail inside its head (picodet_export.py)
+    tail = set(meta.get("arch_meta", {}).get("int8_float_scopes", []))
     n_excluded = quantize_graph(fp32_path, out_path, reader, compile_patterns(not_quant), opts,
-                                 _tensor_overrides if input_overrides else None, input_overrides)
+                                 _tensor_overrides if input_overrides else None, input_overrides,
+                                 keep_float=tail.__contains__ if tail else None)
     q = onnx.load(str(out_path))
     meta["quant"] = {"int8": True, "format": "QDQ", "not_quant": list(not_quant), "excluded_nodes": n_excluded,
                      "calibration_images": len(images), **(quant_meta or {})}

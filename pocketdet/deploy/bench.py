@@ -26,6 +26,7 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
     the class logits sharpened and the background favoured so that, like a trained SSDLite, a few hundred
     (class, prior) pairs pass the 0.01 score threshold instead of all of them (measured: ~285 per coco128
     photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode).
+    PicoDet: `picodet_export.sharpen_head` after the BN statistics.
     Cascade R-CNN (frozen BN, two stages): see `_make_cascade_trained_like`."""
     if hasattr(model, "calibrate_frozen_norm"):
         return _make_cascade_trained_like(model, calib_images)
@@ -40,6 +41,11 @@ def make_trained_like(model, calib_images, logit_scale: float = 60.0, background
     for b, mom in zip(bns, saved):
         b.momentum = mom
     model.eval()
+    if getattr(model, "arch", None) == "picodet":  # class / box logits spread, class bias set from the photos
+        from .picodet_export import sharpen_head
+
+        sharpen_head(model, model.normalize(x))
+        return model
     head = getattr(model, "ssd_head", None)
     if head is not None:
         c = head.num_classes
@@ -401,10 +407,13 @@ def replace_section(path, marker: str, body: str, parent: str | None = None, tit
     path.write_text(_replace_block(text, marker, body, parent))
 
 
-def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | None) -> str:
+ZOO_TITLE = "Zoo latency: torch eager vs ONNX Runtime vs ncnn (`pocketdet bench`)"
+
+
+def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | None, title: str = ZOO_TITLE) -> str:
     import datetime
 
-    lines = ["### Zoo latency: torch eager vs ONNX Runtime vs ncnn (`pocketdet bench`)", "",
+    lines = [f"### {title}", "",
              f"Commands: `{command}`; {datetime.date.today().isoformat()}. {machine_markdown(info)}",
              "Batch 1. *forward*: the exported dense graph (eager: the same wrapper module) on a resized input. "
              "*predict*: a decoded 640x427 photo to final boxes (resize, normalise, network, decode, NMS). "
@@ -436,14 +445,15 @@ def bench_report(rows: list[BenchRow], info: dict, command: str, png: Path | Non
 def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, warmup: int = 5,
                   md=None, png=None, workdir="runs/bench", command: str = "",
                   progress=print, merge: bool = False, int8_export=None, load_model=None,
-                  evaluate=None) -> list[BenchRow]:
+                  evaluate=None, section: str = "deploy-zoo", title: str = ZOO_TITLE) -> list[BenchRow]:
     """What `pocketdet bench` does: `run_bench`, then the Markdown table into `md` between
     `<!-- deploy-zoo:start -->` / `<!-- deploy-zoo:end -->` and the latency-vs-AP plot into `png`; both
     default to files inside `workdir` (`BENCHMARKS.md`, `latency_vs_ap.png`), so nothing outside it is
     written unless asked for (`make bench` passes the repo's BENCHMARKS.md and docs/ plot).
     Rows are also saved to `workdir/rows.json`; with `merge`, earlier rows of other (model, runtime,
-    threads) combinations are kept, so a long benchmark can be run in parts. Returns every row reported
-    (merged ones included)."""
+    threads) combinations are kept, so a long benchmark can be run in parts. `section` / `title`: another
+    Markdown section (inside `deploy`) for a run that must not replace the zoo table, e.g. one measured later
+    on another machine. Returns every row reported (merged ones included)."""
     import dataclasses
     import json
 
@@ -476,7 +486,7 @@ def bench_command(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50
             except ValueError:
                 pass
         if md:
-            replace_section(md, "deploy-zoo", bench_report(rows, info, "`; `".join(commands), png_path),
+            replace_section(md, section, bench_report(rows, info, "`; `".join(commands), png_path, title),
                             parent="deploy")
 
     run_bench(models, runtimes, threads, runs, warmup, workdir=workdir, progress=progress,

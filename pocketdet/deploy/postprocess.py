@@ -100,6 +100,23 @@ class YOLOv3Postprocess:
         return class_wise_nms(boxes, scores, cfg, (1, 1))
 
 
+@register_postprocess("picodet")
+class PicoDetPostprocess:
+    """PP-PicoDet: graph outputs `boxes` [1,P,4] xyxy in input pixels (decoded in the graph) and `scores`
+    [1,P,C] (class probabilities). Mirrors `PicoDet.postprocess`: boxes stretched back to the original image
+    (the input is the image resized to a square, aspect not kept; no clipping, as ppdet's post_process),
+    then class-wise NMS."""
+
+    def __init__(self, meta: dict):
+        self.input_hw = tuple(meta["arch_meta"]["input_hw"])
+
+    def __call__(self, outputs: dict, cfg: dict, image_wh: tuple[int, int]) -> dict:
+        w, h = image_wh
+        # divided by the resize factor (input / original) in float32, exactly as the torch model
+        factor = np.array([self.input_hw[1] / w, self.input_hw[0] / h] * 2, np.float32)
+        return class_wise_nms(outputs["boxes"][0] / factor, outputs["scores"][0], cfg, (1, 1))
+
+
 @register_postprocess("cascade_rcnn")
 class CascadePostprocess:
     """Cascade R-CNN: the dense outputs (FPN levels, RPN logits/deltas per level) -> numpy RPN proposals
