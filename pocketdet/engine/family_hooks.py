@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ConfigError
+from ..data.base import DetectionDataset, PhotoFiles
 from ..data.rcnn_aug import RCNNMultiScaleCollate
 from ..data.yolo_aug import MixupDataset, RandomShapeCollate
 
@@ -15,7 +16,16 @@ def hooks_for(cfg) -> dict:
         return yolo_hooks(cfg)
     if aug == "rcnn":
         return rcnn_hooks(cfg)
+    if aug == "ssd":
+        return ssd_hooks()
     return {}
+
+
+def ssd_hooks() -> dict:
+    """TrainOptions fields for `augment: ssd`: the transform gets the image files undecoded (PhotoFiles), so it
+    decodes each JPEG at the DCT reduction its drawn window allows (data/ssd_aug.py). Datasets without
+    image records (any torch dataset of decoded images) stay as they are: the transform takes both."""
+    return {"dataset_wrapper": lambda ds: PhotoFiles(ds) if isinstance(ds, DetectionDataset) else ds}
 
 
 def yolo_hooks(cfg) -> dict:
