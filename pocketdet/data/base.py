@@ -6,6 +6,7 @@ first and then decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) w
 pixels than its output needs (ssd_aug.FastSSDAugment)."""
 from __future__ import annotations
 
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ class PhotoFile:
         at 1/reduce of its size, ceil(width / reduce) x ceil(height / reduce) (pixel i covers the photo's
         pixels [i * reduce, (i + 1) * reduce)); other formats decode in full (reduction 1)."""
         try:
-            with Image.open(self.path) as im:
+            # one read of the whole file: PIL parses the markers from memory (~6% of the decode from a path)
+            with Image.open(io.BytesIO(self.path.read_bytes())) as im:
                 self.check_size(im.size)
                 applied = 1
                 if reduce > 1 and im.format == "JPEG":

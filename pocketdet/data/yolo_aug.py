@@ -9,8 +9,9 @@ A sample is `(tv_tensors.Image uint8 [3,H,W], {"boxes": tv_tensors.BoundingBoxes
    -> SSD-style IoU crop -> horizontal flip -> first 50 boxes (PadBox) -> drop degenerate boxes. The
    image comes out as a yolo_window.Window (the crop without the zoom-out canvas it was cut from);
    `yolo_reference_transforms()` is the same step by step on torchvision v2, canvas included.
-3. `RandomShapeCollate` per batch: one random size from 320..608 (step 32) and one random interpolation
-   for the whole batch; returns float images in 0..1 (normalisation happens inside the model).
+3. `RandomShapeCollate` per batch (in yolo_window.py): one random size from 320..608 (step 32) and one
+   random interpolation for the whole batch; returns float images in 0..1 (normalisation happens inside
+   the model).
 
 All randomness comes from torch's global RNG, so seeding torch per sample reproduces a run; the batch's size
 and interpolation are drawn by the last per-sample step (`DrawBatchShape`) for the same reason, and the
@@ -23,11 +24,10 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .yolo_window import Window, YoloWindowAugment, resize_window
+from .yolo_window import INTERPOLATIONS, RandomShapeCollate, YoloWindowAugment, resize_sample  # noqa: F401
 
 # Paddle RandomExpand fill: the ImageNet mean in 0..255 (rounded: the canvas is uint8 here)
 EXPAND_FILL = (124, 116, 104)
@@ -312,58 +312,3 @@ def build_yolo_transforms(max_boxes: int = 50) -> YoloWindowAugment:
     yolo_window.Window (no zoom-out canvas; RandomShapeCollate resizes it)."""
     ref = yolo_reference_transforms(max_boxes).transforms
     return YoloWindowAugment(ref[0], ref[1], ref[2], ref[3].p, v2.Compose(ref[4:]), EXPAND_FILL)
-
-
-# -- 3. batch resize ------------------------------------------------------------------------------------
-# cv2 interpolations of Paddle's RandomShape and their closest torch equivalents: nearest, linear, area,
-# cubic, lanczos4 (no lanczos for tensors: bicubic with antialiasing stands in)
-INTERPOLATIONS = (("nearest", False), ("bilinear", False), ("area", False), ("bicubic", False), ("bicubic", True))
-
-
-class RandomShapeCollate:
-    """Collate a list of (uint8 image, target) into (float images [N,3,S,S] in 0..1, targets) with one random
-    S from `sizes` and one random interpolation per batch (Paddle RandomShape; aspect not kept). Target
-    boxes become plain float tensors in pixels of the S x S batch."""
-
-    def __init__(self, sizes=range(320, 609, 32), interpolations=INTERPOLATIONS):
-        self.sizes = [int(s) for s in sizes]
-        if not self.sizes:
-            raise ValueError("RandomShapeCollate needs at least one size")
-        self.interpolations = list(interpolations)
-
-    def __call__(self, batch):
-        draw = batch[0][1].get("shape_draw") if batch else None
-        draw = torch.rand(2) if draw is None else draw
-        size = self.sizes[min(int(draw[0] * len(self.sizes)), len(self.sizes) - 1)]
-        mode, antialias = self.interpolations[min(int(draw[1] * len(self.interpolations)),
-                                                  len(self.interpolations) - 1)]
-        images, targets = [], []
-        for image, target in batch:
-            h, w = image.shape[-2:]
-            images.append(resize_sample(image, size, mode, antialias))
-            t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in target.items()
-                 if k != "shape_draw"}
-            scale = torch.tensor([size / w, size / h, size / w, size / h])
-            t["boxes"] = t["boxes"].float().reshape(-1, 4) * scale
-            t["labels"] = torch.as_tensor(t["labels"]).long()
-            t["orig_size"] = (int(h), int(w))
-            targets.append(t)
-        return torch.stack(images), targets
-
-
-def resize_sample(image, size: int, mode: str, antialias: bool) -> torch.Tensor:
-    """A uint8 image or yolo_window.Window -> float [3, size, size] in 0..1."""
-    if isinstance(image, Window):
-        if not antialias and image.mostly_fill():
-            return resize_window(image, size, mode)  # from the photo pixels, without building the crop
-        image = image.materialise()
-    x = image.as_subclass(torch.Tensor)[None]
-    if x.dtype == torch.uint8 and mode in ("nearest", "bilinear") and not antialias:
-        # these read a few pixels per output pixel: resize the uint8 image (channels-last has torch's fast
-        # kernel; values rounded to the uint8 grid, within 1/255 of the float result) and convert only the
-        # output, instead of converting a zoomed-out crop of up to 16x the photo to float
-        kwargs = {} if mode == "nearest" else {"align_corners": False}
-        return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode=mode,
-                             **kwargs)[0].float().div_(255.0)
-    kwargs = {} if mode in ("nearest", "area") else {"align_corners": False, "antialias": antialias}
-    return F.interpolate(x.float() / 255.0, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)

@@ -1,4 +1,4 @@
-"""The YOLOv3 per-sample augmentation (yolo_aug.py steps 2-3) without the zoom-out canvas.
+"""The YOLOv3 per-sample augmentation (yolo_aug.py step 2) without the zoom-out canvas, and the batch resize.
 
 The step-by-step pipeline (`yolo_aug.yolo_reference_transforms`) distorts the whole photo, pads it onto a
 zoom-out canvas of up to 16x its area, crops the canvas and leaves the crop — up to 16x the photo, mostly
@@ -8,7 +8,7 @@ boxes alone (the boxes go through the very torchvision box kernels of the refere
 image becomes a `Window`: the crop's size, and only the photo pixels under it (distorted, flipped) with their
 place in it. Distorting only those pixels is exact: Paddle's ColorDistort is per pixel (yolo_aug.ColorDistort).
 
-The collate (`yolo_aug.RandomShapeCollate`, once the batch's size S and interpolation are known) resizes a
+The collate (`RandomShapeCollate`, once the batch's size S and interpolation are known) resizes a
 Window to S x S (`resize_window`):
 - nearest, bilinear, bicubic and area (4 of the 5 interpolations): straight from the photo pixels,
   separably, with the fill standing for the crop outside them: torch's own tap positions and weights
@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -185,3 +186,58 @@ class YoloWindowAugment:
         window = Window(pixels.contiguous(), ox, oy, height, width, self.fill)
         target = {**target, "boxes": boxes}
         return self.finish(window, target)
+
+
+# -- 3. batch resize ------------------------------------------------------------------------------------
+# cv2 interpolations of Paddle's RandomShape and their closest torch equivalents: nearest, linear, area,
+# cubic, lanczos4 (no lanczos for tensors: bicubic with antialiasing stands in)
+INTERPOLATIONS = (("nearest", False), ("bilinear", False), ("area", False), ("bicubic", False), ("bicubic", True))
+
+
+class RandomShapeCollate:
+    """Collate a list of (uint8 image, target) into (float images [N,3,S,S] in 0..1, targets) with one random
+    S from `sizes` and one random interpolation per batch (Paddle RandomShape; aspect not kept). Target
+    boxes become plain float tensors in pixels of the S x S batch."""
+
+    def __init__(self, sizes=range(320, 609, 32), interpolations=INTERPOLATIONS):
+        self.sizes = [int(s) for s in sizes]
+        if not self.sizes:
+            raise ValueError("RandomShapeCollate needs at least one size")
+        self.interpolations = list(interpolations)
+
+    def __call__(self, batch):
+        draw = batch[0][1].get("shape_draw") if batch else None
+        draw = torch.rand(2) if draw is None else draw
+        size = self.sizes[min(int(draw[0] * len(self.sizes)), len(self.sizes) - 1)]
+        mode, antialias = self.interpolations[min(int(draw[1] * len(self.interpolations)),
+                                                  len(self.interpolations) - 1)]
+        images, targets = [], []
+        for image, target in batch:
+            h, w = image.shape[-2:]
+            images.append(resize_sample(image, size, mode, antialias))
+            t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in target.items()
+                 if k != "shape_draw"}
+            scale = torch.tensor([size / w, size / h, size / w, size / h])
+            t["boxes"] = t["boxes"].float().reshape(-1, 4) * scale
+            t["labels"] = torch.as_tensor(t["labels"]).long()
+            t["orig_size"] = (int(h), int(w))
+            targets.append(t)
+        return torch.stack(images), targets
+
+
+def resize_sample(image, size: int, mode: str, antialias: bool) -> torch.Tensor:
+    """A uint8 image or yolo_window.Window -> float [3, size, size] in 0..1."""
+    if isinstance(image, Window):
+        if not antialias and image.mostly_fill():
+            return resize_window(image, size, mode)  # from the photo pixels, without building the crop
+        image = image.materialise()
+    x = image.as_subclass(torch.Tensor)[None]
+    if x.dtype == torch.uint8 and mode in ("nearest", "bilinear") and not antialias:
+        # these read a few pixels per output pixel: resize the uint8 image (channels-last has torch's fast
+        # kernel; values rounded to the uint8 grid, within 1/255 of the float result) and convert only the
+        # output, instead of converting a zoomed-out crop of up to 16x the photo to float
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
+        return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode=mode,
+                             **kwargs)[0].float().div_(255.0)
+    kwargs = {} if mode in ("nearest", "area") else {"align_corners": False, "antialias": antialias}
+    return F.interpolate(x.float() / 255.0, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)
