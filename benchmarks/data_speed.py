@@ -6,9 +6,12 @@ next to torchvision's detection reference presets, with where the time goes (dec
 
 One process, one torch thread (what one DataLoader worker gets), the 128 coco128 training photos, batch 8.
 The pipelines take turns batch by batch (A, B, C, A, B, C, ...) so that a load change on a shared machine
-hits all of them alike; per-image times are medians over the batches. Decode is the dataset's own (PIL) for
-every pipeline; "augment" is the per-sample transform (for YOLO also the mixup blend), "collate" the batch
-function (YOLO: random-size resize; R-CNN: multi-scale resize + padding; others: to float 0..1).
+hits all of them alike; per-image times are medians over the batches. Decode is the dataset's own (PIL, whole
+photo) for every pipeline but the `ssd` one on PhotoFiles, whose transform decodes (at 1/2-1/8 where its window
+allows): its decode is timed inside the transform and left out of its augment column. "augment" is the
+per-sample transform (for YOLO also the mixup blend), "collate" the batch function (YOLO: random-size resize;
+R-CNN: multi-scale resize + padding; others: to float 0..1). A last line times the JPEG decoders alone
+(PIL whole, PIL at 1/2, torchvision.io.decode_jpeg) on the same photos, interleaved.
 
 torchvision presets (references/detection/presets.py, tensor backend, transforms.v2): `ssd` =
 RandomPhotometricDistort, RandomZoomOut, RandomIoUCrop, RandomHorizontalFlip; `ssdlite` = RandomIoUCrop,
@@ -29,7 +32,11 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section
+import io
+import warnings
+
+from harness import ROOT, command_line, machine_info, machine_line, medians_ms, parser, replace_section
+from PIL import Image
 
 from pocketdet.data import CocoDetection  # noqa: E402
 from pocketdet.data import gpu_aug, rcnn_aug, yolo_aug  # noqa: E402
@@ -140,7 +147,35 @@ def pipelines(ds, before: str | None = None) -> dict:
         "torchvision preset `ssdlite`": (ds, torchvision_preset("ssdlite"), collate_model_resize),
         **old_families,
         **family_rows(yolo_aug, rcnn_aug, ds, " (now)" if before else ""),
+        "yolo (same draws, step by step with the zoom-out canvas)": (
+            yolo_aug.MixupDataset(ds, 1.5, 1.5, until_position=10**12), yolo_aug.yolo_reference_transforms(),
+            yolo_aug.RandomShapeCollate()),
     }
+
+
+def decoder_medians(ds, order: list[int], rounds: int) -> dict[str, float]:
+    """ms per photo of the JPEG decoders alone (file bytes in memory), interleaved."""
+    from torchvision.io import decode_jpeg
+
+    blobs = [ds.records[i].path.read_bytes() for i in order[:16]]
+
+    def pil(reduce: int):
+        def run():
+            for b in blobs:
+                with Image.open(io.BytesIO(b)) as im:
+                    if reduce > 1:
+                        im.draft("RGB", (im.width // reduce, im.height // reduce))
+                    im.load()
+        return run
+
+    def tv():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated since torchvision 0.29
+            for b in blobs:
+                decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8))
+
+    fns = {"PIL": pil(1), "PIL at 1/2 (draft)": pil(2), "torchvision.io.decode_jpeg": tv}
+    return {k: v / len(blobs) for k, v in medians_ms(fns, max(rounds, 3), warmup=1).items()}
 
 
 def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, dict[str, float]]:
@@ -179,7 +214,7 @@ def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, di
                 mixup = bucket.get("decode+mixup", decode) - decode
                 per_batch[name].append({"decode": decode + late, "augment": bucket["augment"] - late + mixup,
                                         "collate": bucket["collate"], "total": total})
-    out = {}
+    out = {"decoders": decoder_medians(ds, order, rounds)}
     for name, rows in per_batch.items():
         out[name] = {k: statistics.median(row[k] for row in rows) / BATCH * 1e3 for k in rows[0]}
         out[name]["images_per_s"] = 1e3 / out[name]["total"]
@@ -196,19 +231,36 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
              "batches), from the JPEG file to the collated batch.", "",
              "| pipeline | decode | augment | collate | total | images/s | vs torchvision `ssd` |",
              "|---|---|---|---|---|---|---|"]
+    decoders = res.pop("decoders", None)
     for name, r in res.items():
         rel = f"{r['images_per_s'] / tv:.2f}x" if tv else "-"
         lines.append(f"| {name} | {r['decode']:.1f} | {r['augment']:.1f} | {r['collate']:.1f} | {r['total']:.1f} | "
                      f"{r['images_per_s']:.1f} | {rel} |")
     before = res.get("ssd (before: torchvision v2 steps)")
     now = res.get("ssd (now: ssd_aug.FastSSDAugment on PhotoFiles)")
+    full = res.get("ssd (same, photos decoded in full first)")
     lite = res.get("torchvision preset `ssdlite`")
     if before and now:
-        lines += ["", f"`ssd` now vs before: {before['total'] / now['total']:.2f}x per image, "
+        lines += ["", f"`ssd` now vs before: **{before['total'] / now['total']:.2f}x per image**, "
                   f"{before['augment'] / now['augment']:.2f}x on the augmentation alone"
                   + (f"; vs torchvision's `ssdlite` preset (crop + flip only): {lite['total'] / now['total']:.2f}x"
-                     if lite else "") + ". What bounds it: the PIL decode, the same for every row, is "
-                  f"{now['decode'] / now['total']:.0%} of the new pipeline's time."]
+                     if lite else "")
+                  + (f"; the reduced decode alone (vs the same pipeline on whole decodes): "
+                     f"{full['decode'] / now['decode']:.2f}x on the decode, {full['total'] / now['total']:.2f}x "
+                     "per image" if full else "")
+                  + f". The decode is still {now['decode'] / now['total']:.0%} of the new pipeline's time."]
+    for family in ("yolo", "rcnn"):
+        old = next((r for n, r in res.items() if n.startswith(f"{family} (before)")), None)
+        new = next((r for n, r in res.items() if n.startswith(f"{family} (now)")), None)
+        if old and new:
+            lines += ["", f"`{family}` now vs before: {old['total'] / new['total']:.2f}x per image "
+                      f"(augment {old['augment'] / new['augment']:.2f}x, collate "
+                      f"{old['collate'] / new['collate']:.2f}x)."]
+    if decoders:
+        lines += ["", "JPEG decoders alone, ms per photo (coco128, bytes in memory, interleaved): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items())
+                  + ". torchvision.io's decoders are deprecated since 0.29 (every call warns; TorchCodec "
+                  "replaces them) and have no DCT scaling, so the pipelines use PIL."]
     if any("(before)" in name for name in res):
         lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work "
                   "(`git archive <commit> pocketdet`, passed with `--before`), with today's KeepFirstBoxes "
