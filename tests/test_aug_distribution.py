@@ -119,6 +119,26 @@ def test_fast_ssd_pipeline_draws_the_reference_distribution(photos, photo_files,
     assert 0.2 < (new["fill_fraction"] > 0).mean() < 0.8 and new["box_sqrt_area"].std() > 0.05
 
 
+def test_float_photometric_ops_match_torchvision_uint8_kernels():
+    """photometric.py's float ops against the reference's torchvision uint8 kernels, op by op on random
+    pixels: at most 1 grey level off, on under 1 pixel in 1000 (float rounding at the truncation steps)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from pocketdet.data import photometric
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 64, 96), generator=g, dtype=torch.uint8)
+    mean = float(photometric.gray(x.float()).mean())
+    cases = [(TF.adjust_brightness, photometric.brightness, (0.875, 1.125)),
+             (TF.adjust_contrast, lambda y, f: photometric.contrast(y, f, mean), (0.5, 1.5)),
+             (TF.adjust_saturation, photometric.saturation, (0.5, 1.5)),
+             (TF.adjust_hue, photometric.hue, (-0.05, 0.05))]
+    for ref_op, op, (lo, hi) in cases:
+        for f in torch.linspace(lo, hi, 5).tolist():
+            d = (ref_op(x, f).float() - op(x.float(), f)).abs()
+            assert d.max() <= 1 and (d > 0).float().mean() < 1e-3, (ref_op.__name__, f)
+
+
 def test_reduced_jpeg_decode_changes_pixels_by_a_fraction_of_a_grey_level(photos, photo_files):
     """Same seed, PhotoFile vs decoded photo: identical boxes; identical pixels where the window allowed no
     DCT reduction (the same pipeline); under a grey level on average where the JPEG was decoded at 1/2-1/8."""
