@@ -6,9 +6,12 @@ next to torchvision's detection reference presets, with where the time goes (dec
 
 One process, one torch thread (what one DataLoader worker gets), the 128 coco128 training photos, batch 8.
 The pipelines take turns batch by batch (A, B, C, A, B, C, ...) so that a load change on a shared machine
-hits all of them alike; per-image times are medians over the batches. Decode is the dataset's own (PIL) for
-every pipeline; "augment" is the per-sample transform (for YOLO also the mixup blend), "collate" the batch
-function (YOLO: random-size resize; R-CNN: multi-scale resize + padding; others: to float 0..1).
+hits all of them alike; per-image times are medians over the batches. Decode is the dataset's own (PIL, whole
+photo) for every pipeline but the `ssd` one on PhotoFiles, whose transform decodes (at 1/2-1/8 where its window
+allows): its decode is timed inside the transform and left out of its augment column. "augment" is the
+per-sample transform (for YOLO also the mixup blend), "collate" the batch function (YOLO: random-size resize;
+R-CNN: multi-scale resize + padding; others: to float 0..1). A last line times the JPEG decoders alone
+(PIL whole, PIL at 1/2, torchvision.io.decode_jpeg) on the same photos, interleaved.
 
 torchvision presets (references/detection/presets.py, tensor backend, transforms.v2): `ssd` =
 RandomPhotometricDistort, RandomZoomOut, RandomIoUCrop, RandomHorizontalFlip; `ssdlite` = RandomIoUCrop,
@@ -22,16 +25,22 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section
+import io
+import warnings
+
+from harness import ROOT, command_line, machine_info, machine_line, medians_ms, parser, replace_section
+from PIL import Image
 
 from pocketdet.data import CocoDetection  # noqa: E402
 from pocketdet.data import gpu_aug, rcnn_aug, yolo_aug  # noqa: E402
+from pocketdet.data.base import PhotoFile, PhotoFiles  # noqa: E402
 from pocketdet.data.loader import SeededTransformDataset, collate_detection  # noqa: E402
 from pocketdet.data.transforms import ssd_reference_transforms, ssd_train_transforms  # noqa: E402
 
@@ -61,6 +70,27 @@ class Timed:
 
     def __call__(self, *args):
         return self._timed(self.inner, *args)
+
+
+@dataclass(frozen=True)
+class TimedPhotoFile(PhotoFile):
+    """A PhotoFile whose decode (done inside the transform) adds its seconds to bucket["lazy decode"]."""
+    bucket: dict | None = None
+
+    def decode(self, reduce: int = 1):
+        t0 = time.perf_counter()
+        out = super().decode(reduce)
+        self.bucket["lazy decode"] += time.perf_counter() - t0
+        return out
+
+
+class TimedPhotoFiles(PhotoFiles):
+    """PhotoFiles whose items time their decode (the "decode" column of pipelines that decode late)."""
+    bucket: dict = {}
+
+    def __getitem__(self, i: int):
+        photo, target = super().__getitem__(i)
+        return TimedPhotoFile(photo.path, photo.width, photo.height, self.bucket), target
 
 
 def torchvision_preset(kind: str):
@@ -108,14 +138,44 @@ def pipelines(ds, before: str | None = None) -> dict:
     old_families = family_rows(*earlier_version(before), ds, " (before)") if before else {}
     return {
         "ssd (before: torchvision v2 steps)": (ds, ssd_reference_transforms(SIZE), collate_detection),
-        "ssd (now: ssd_aug.FastSSDAugment)": (ds, ssd_train_transforms(SIZE), collate_detection),
+        "ssd (now: ssd_aug.FastSSDAugment on PhotoFiles)": (TimedPhotoFiles(ds), ssd_train_transforms(SIZE),
+                                                            collate_detection),
+        "ssd (same, photos decoded in full first)": (ds, ssd_train_transforms(SIZE), collate_detection),
         "ssd, device path: worker part": (gpu_aug.EncodedImages(ds), gpu_aug.DrawSSDParams(SIZE),
                                           gpu_aug.collate_encoded),
         "torchvision preset `ssd`": (ds, torchvision_preset("ssd"), collate_model_resize),
         "torchvision preset `ssdlite`": (ds, torchvision_preset("ssdlite"), collate_model_resize),
         **old_families,
         **family_rows(yolo_aug, rcnn_aug, ds, " (now)" if before else ""),
+        "yolo (same draws, step by step with the zoom-out canvas)": (
+            yolo_aug.MixupDataset(ds, 1.5, 1.5, until_position=10**12), yolo_aug.yolo_reference_transforms(),
+            yolo_aug.RandomShapeCollate()),
     }
+
+
+def decoder_medians(ds, order: list[int], rounds: int) -> dict[str, float]:
+    """ms per photo of the JPEG decoders alone (file bytes in memory), interleaved."""
+    from torchvision.io import decode_jpeg
+
+    blobs = [ds.records[i].path.read_bytes() for i in order[:16]]
+
+    def pil(reduce: int):
+        def run():
+            for b in blobs:
+                with Image.open(io.BytesIO(b)) as im:
+                    if reduce > 1:
+                        im.draft("RGB", (im.width // reduce, im.height // reduce))
+                    im.load()
+        return run
+
+    def tv():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated since torchvision 0.29
+            for b in blobs:
+                decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8))
+
+    fns = {"PIL": pil(1), "PIL at 1/2 (draft)": pil(2), "torchvision.io.decode_jpeg": tv}
+    return {k: v / len(blobs) for k, v in medians_ms(fns, max(rounds, 3), warmup=1).items()}
 
 
 def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, dict[str, float]]:
@@ -131,6 +191,8 @@ def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, di
         if only and not any(o in name for o in only):
             continue
         bucket: dict = defaultdict(float)
+        if isinstance(base, TimedPhotoFiles):
+            base.bucket = bucket
         mixup = hasattr(base, "alpha")  # a MixupDataset (this tree's or an earlier one's)
         inner = Timed(base.base if mixup else base, bucket, "decode")
         if mixup:
@@ -148,11 +210,11 @@ def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, di
             collate([seeded[key] for key in keys])
             total = time.perf_counter() - t0
             if r:
-                decode = bucket["decode"]
+                decode, late = bucket["decode"], bucket.get("lazy decode", 0.0)  # late: inside the transform
                 mixup = bucket.get("decode+mixup", decode) - decode
-                per_batch[name].append({"decode": decode, "augment": bucket["augment"] + mixup,
+                per_batch[name].append({"decode": decode + late, "augment": bucket["augment"] - late + mixup,
                                         "collate": bucket["collate"], "total": total})
-    out = {}
+    out = {"decoders": decoder_medians(ds, order, rounds)}
     for name, rows in per_batch.items():
         out[name] = {k: statistics.median(row[k] for row in rows) / BATCH * 1e3 for k in rows[0]}
         out[name]["images_per_s"] = 1e3 / out[name]["total"]
@@ -169,18 +231,36 @@ def render(res: dict, rounds: int, info: dict, command: str) -> str:
              "batches), from the JPEG file to the collated batch.", "",
              "| pipeline | decode | augment | collate | total | images/s | vs torchvision `ssd` |",
              "|---|---|---|---|---|---|---|"]
+    decoders = res.pop("decoders", None)
     for name, r in res.items():
         rel = f"{r['images_per_s'] / tv:.2f}x" if tv else "-"
         lines.append(f"| {name} | {r['decode']:.1f} | {r['augment']:.1f} | {r['collate']:.1f} | {r['total']:.1f} | "
                      f"{r['images_per_s']:.1f} | {rel} |")
-    before, now = res.get("ssd (before: torchvision v2 steps)"), res.get("ssd (now: ssd_aug.FastSSDAugment)")
+    before = res.get("ssd (before: torchvision v2 steps)")
+    now = res.get("ssd (now: ssd_aug.FastSSDAugment on PhotoFiles)")
+    full = res.get("ssd (same, photos decoded in full first)")
     lite = res.get("torchvision preset `ssdlite`")
     if before and now:
-        lines += ["", f"`ssd` now vs before: {before['total'] / now['total']:.2f}x per image, "
+        lines += ["", f"`ssd` now vs before: **{before['total'] / now['total']:.2f}x per image**, "
                   f"{before['augment'] / now['augment']:.2f}x on the augmentation alone"
                   + (f"; vs torchvision's `ssdlite` preset (crop + flip only): {lite['total'] / now['total']:.2f}x"
-                     if lite else "") + ". What bounds it: the PIL decode, the same for every row, is "
-                  f"{now['decode'] / now['total']:.0%} of the new pipeline's time."]
+                     if lite else "")
+                  + (f"; the reduced decode alone (vs the same pipeline on whole decodes): "
+                     f"{full['decode'] / now['decode']:.2f}x on the decode, {full['total'] / now['total']:.2f}x "
+                     "per image" if full else "")
+                  + f". The decode is still {now['decode'] / now['total']:.0%} of the new pipeline's time."]
+    for family in ("yolo", "rcnn"):
+        old = next((r for n, r in res.items() if n.startswith(f"{family} (before)")), None)
+        new = next((r for n, r in res.items() if n.startswith(f"{family} (now)")), None)
+        if old and new:
+            lines += ["", f"`{family}` now vs before: {old['total'] / new['total']:.2f}x per image "
+                      f"(augment {old['augment'] / new['augment']:.2f}x, collate "
+                      f"{old['collate'] / new['collate']:.2f}x)."]
+    if decoders:
+        lines += ["", "JPEG decoders alone, ms per photo (coco128, bytes in memory, interleaved): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in decoders.items())
+                  + ". torchvision.io's decoders are deprecated since 0.29 (every call warns; TorchCodec "
+                  "replaces them) and have no DCT scaling, so the pipelines use PIL."]
     if any("(before)" in name for name in res):
         lines += ["", "*(before)* rows: the YOLO and R-CNN pipelines of the tree before this work "
                   "(`git archive <commit> pocketdet`, passed with `--before`), with today's KeepFirstBoxes "

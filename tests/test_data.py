@@ -159,6 +159,28 @@ def test_dataset_yaml_errors(tmp_path):
         load_dataset_yaml(tmp_path / "missing.yaml")
 
 
+def test_undecoded_photos_fail_like_decoded_ones(tiny_coco, caplog):
+    """PhotoFiles items are decoded inside the ssd transform: a corrupt file is still named and skipped in
+    training, and a photo whose pixels disagree with the annotated size is still an error naming it."""
+    from pocketdet.data.base import PhotoFiles
+
+    img_dir, ann_file, ann = tiny_coco
+    victim = img_dir / ann["images"][0]["file_name"]
+    victim.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    files = PhotoFiles(CocoDetection(img_dir, ann_file))
+    wrapped = SeededTransformDataset(files, ssd_train_transforms(320))
+    with caplog.at_level(logging.WARNING, logger="pocketdet.data"):
+        img, t = wrapped[(0, 0)]
+    assert t["image_id"] == files.base.records[1].image_id and victim.name in caplog.text
+    assert img.shape == (3, 320, 320)
+    ann["images"][1]["width"] += 1
+    ann_file.write_text(json.dumps(ann))
+    photo, _ = PhotoFiles(CocoDetection(img_dir, ann_file))[1]
+    with pytest.raises(DataError, match=f"{photo.path.name}: image is .* but the annotations say"):
+        photo.decode(2)
+
+
+
 # ---- augmentation and sampling ------------------------------------------------------------------------
 
 def test_ssd_transforms_keep_boxes_valid_and_are_seeded(data_dir):

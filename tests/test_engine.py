@@ -12,6 +12,7 @@ from pocketdet.config import apply_overrides, load_config
 from pocketdet.data import CocoDetection
 from pocketdet.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from pocketdet.engine.evaluate import coco_eval
+from pocketdet.engine.family_hooks import hooks_for
 from pocketdet.engine.optim import lr_factor, param_groups
 from pocketdet.engine.trainer import TrainOptions, train
 
@@ -95,14 +96,17 @@ def _cfg(iters, **extra):
 
 
 def test_resume_is_exact(tmp_path, four_images):
-    straight = train(_cfg(6), four_images, TrainOptions(out_dir=tmp_path / "a", progress=False))
+    # the family hooks `pocketdet train` uses: for `ssd`, JPEGs decoded inside the transform (PhotoFiles)
+    hooks = hooks_for(_cfg(6))
+    assert "dataset_wrapper" in hooks
+    straight = train(_cfg(6), four_images, TrainOptions(out_dir=tmp_path / "a", progress=False, **hooks))
     # the same 6-iteration run, interrupted after 3 iterations (checkpoint_interval 3) and resumed
     first = tmp_path / "b"
     train(_cfg(6, **{"train.schedule.max_iters": 6}), four_images,
-          TrainOptions(out_dir=first, progress=False, stop_after=3))
+          TrainOptions(out_dir=first, progress=False, stop_after=3, **hooks))
     ck3 = load_checkpoint(first / "last.pt")
     assert ck3["iteration"] == 3
-    train(_cfg(6), four_images, TrainOptions(out_dir=first, progress=False, resume=first / "last.pt"))
+    train(_cfg(6), four_images, TrainOptions(out_dir=first, progress=False, resume=first / "last.pt", **hooks))
     a, b = load_checkpoint(straight["last"]), load_checkpoint(first / "last.pt")
     assert b["iteration"] == a["iteration"] == 6
     for k in a["model"]:

@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from pocketdet.data.yolo_aug import (ColorDistort, MixupDataset, PaddleIoUCrop, RandomShapeCollate,
-                                     build_yolo_transforms, mixup_pair, with_scores)
+from pocketdet.data.yolo_aug import (INTERPOLATIONS, ColorDistort, MixupDataset, PaddleIoUCrop, RandomShapeCollate,
+                                     build_yolo_transforms, mixup_pair, resize_sample, with_scores,
+                                     yolo_reference_transforms)
+from pocketdet.data.yolo_window import Window, resize_window
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO128 = ROOT / "data" / "coco128"
@@ -184,7 +186,8 @@ def test_full_pipeline_on_real_images_gives_valid_batches():
         torch.manual_seed(s)
         batch = [tf(*ds[i]) for i in range(3)]
         for img, t in batch:
-            assert img.dtype == torch.uint8 and len(t["boxes"]) == len(t["labels"]) == len(t["scores"]) <= 50
+            assert isinstance(img, Window) and img.pixels.dtype == torch.uint8
+            assert len(t["boxes"]) == len(t["labels"]) == len(t["scores"]) <= 50
             b = t["boxes"]
             assert ((b[:, 2] - b[:, 0]) >= 1).all() and ((b[:, 3] - b[:, 1]) >= 1).all()
             assert (b[:, 0::2] <= img.shape[-1]).all() and (b[:, 1::2] <= img.shape[-2]).all() and (b >= 0).all()
@@ -199,6 +202,33 @@ def test_full_pipeline_on_real_images_gives_valid_batches():
             torch.testing.assert_close(out["boxes"], expect)
             assert "shape_draw" not in out
     assert len(sizes) > 1
+
+
+@pytest.mark.skipif(not COCO128.exists(), reason="data/coco128 not present")
+def test_window_pipeline_is_the_reference_without_its_canvas():
+    """Same seeds: the windowed transform gives the reference's targets and, built, its image; every
+    interpolation resizes the window as the collate resizes the reference's image (nearest exactly, bilinear
+    within the uint8 grid step, the float filters within float rounding)."""
+    ds = MixupDataset(ListDataset(real_samples(4)))
+    new, ref = build_yolo_transforms(), yolo_reference_transforms()
+    zoomed = 0
+    for k in range(16):
+        torch.manual_seed(k)
+        image, target = ds[k % 4]
+        torch.manual_seed(100 + k)
+        win, t_new = new(image, target)
+        torch.manual_seed(100 + k)
+        img, t_ref = ref(image, target)
+        assert torch.equal(win.materialise(), img.as_subclass(torch.Tensor))
+        for key in ("boxes", "labels", "scores", "shape_draw"):
+            assert torch.equal(t_new[key].as_subclass(torch.Tensor), t_ref[key].as_subclass(torch.Tensor)), key
+        zoomed += win.mostly_fill()
+        for (mode, antialias), size in zip(INTERPOLATIONS, (320, 416, 608, 352, 512)):
+            expect = resize_sample(img, size, mode, antialias)
+            got = resize_window(win, size, mode) if not antialias else resize_sample(win, size, mode, antialias)
+            tol = {"nearest": 0.0, "bilinear": 1.001 / 255}.get(mode, 1e-4)
+            assert (got - expect).abs().max() <= tol, (k, mode)
+    assert zoomed >= 2  # some crops were mostly zoom-out fill: the path that never builds them ran
 
 
 def test_collate_shape_follows_first_sample_draw():

@@ -149,7 +149,7 @@ def _frozen_norm_init(dataset, n: int = 16):
 
 
 def _family_hooks(cfg) -> dict:
-    """Batch-level augmentation that some families need (YOLOv3 multi-scale + mixup, R-CNN and PicoDet multi-scale)
-    and per-iteration model state (PicoDet: which assigner)."""
+    """Per-family hooks: data (ssd: undecoded photos for the reduced decode; YOLOv3 multi-scale + mixup; R-CNN and
+    PicoDet multi-scale) and per-iteration model state (PicoDet: which assigner)."""
     from ..engine.family_hooks import hooks_for
     return hooks_for(cfg)

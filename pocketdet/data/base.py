@@ -1,6 +1,12 @@
-"""What both dataset formats share: image records, box sanitising with counted skips, image decoding."""
+"""What both dataset formats share: image records, box sanitising with counted skips, image decoding.
+
+Decoding can wait: `PhotoFiles(dataset)` yields `PhotoFile`s (path + annotated size) instead of pixels, so a
+transform that knows which part of the photo it needs, at what resolution, draws its parameters from the size
+first and then decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) where that still leaves more
+pixels than its output needs (ssd_aug.FastSSDAugment)."""
 from __future__ import annotations
 
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -64,31 +70,20 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load_image(self, i: int) -> torch.Tensor:
         rec = self.records[i]
-        try:
-            with Image.open(rec.path) as im:
-                arr = to_rgb_array(im)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/garbage files
-            raise DataError(f"cannot decode image {rec.path}: {e}") from e
-        img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-        if tuple(img.shape[-2:]) != (rec.height, rec.width):
-            hint = ""
-            if tuple(img.shape[-2:]) == (rec.width, rec.height):
-                hint = (" (annotated in the EXIF-rotated view? pocketdet, like COCO, uses the pixels as stored: "
-                        "EXIF orientation is not applied)")
-            raise DataError(f"{rec.path}: image is {img.shape[-1]}x{img.shape[-2]} but the annotations say "
-                            f"{rec.width}x{rec.height}{hint}")
-        return img
+        image, _ = PhotoFile(rec.path, rec.width, rec.height).decode()
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
-    def __getitem__(self, i: int):
+    def target(self, i: int) -> dict:
         rec = self.records[i]
-        img = self.load_image(i)
-        target = {
+        return {
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes).float().reshape(-1, 4),
                                               format="XYXY", canvas_size=(rec.height, rec.width)),
             "labels": torch.from_numpy(rec.labels).long(),
             "image_id": rec.image_id,
         }
-        return tv_tensors.Image(img), target
+
+    def __getitem__(self, i: int):
+        return tv_tensors.Image(self.load_image(i)), self.target(i)
 
     def coco_gt(self) -> dict:
         """Ground truth as a COCO dict (category id = label + 1), for datasets without their own JSON."""
@@ -115,3 +110,57 @@ def read_image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"image file not found: {path}") from None
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+@dataclass(frozen=True)
+class PhotoFile:
+    """An image file not decoded yet, with its size from the annotations (checked against the file's header
+    when it is decoded)."""
+    path: Path
+    width: int
+    height: int
+
+    def decode(self, reduce: int = 1) -> tuple[Image.Image, int]:
+        """(RGB PIL image, reduction actually applied). `reduce` (1, 2, 4 or 8) asks libjpeg to decode a JPEG
+        at 1/reduce of its size, ceil(width / reduce) x ceil(height / reduce) (pixel i covers the photo's
+        pixels [i * reduce, (i + 1) * reduce)); other formats decode in full (reduction 1)."""
+        try:
+            # one read of the whole file: PIL parses the markers from memory (~6% of the decode from a path)
+            with Image.open(io.BytesIO(self.path.read_bytes())) as im:
+                self.check_size(im.size)
+                applied = 1
+                if reduce > 1 and im.format == "JPEG":
+                    drafted = im.draft("RGB" if im.mode == "RGB" else None,
+                                       (max(self.width // reduce, 1), max(self.height // reduce, 1)))
+                    applied = round(self.width / drafted[1][2]) if drafted else 1
+                if im.mode != "RGB":
+                    return Image.fromarray(to_rgb_array(im)), applied
+                im.load()  # leaving `with` closes the file; the decoded pixels stay
+                return im, applied
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for truncated/garbage files
+            raise DataError(f"cannot decode image {self.path}: {e}") from e
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        if tuple(size) != (self.width, self.height):
+            hint = ""
+            if tuple(size) == (self.height, self.width):
+                hint = (" (annotated in the EXIF-rotated view? pocketdet, like COCO, uses the pixels as stored: "
+                        "EXIF orientation is not applied)")
+            raise DataError(f"{self.path}: image is {size[0]}x{size[1]} but the annotations say "
+                            f"{self.width}x{self.height}{hint}")
+
+
+class PhotoFiles(torch.utils.data.Dataset):
+    """A detection dataset whose items are (PhotoFile, target) instead of (pixels, target): the transform
+    decodes (see PhotoFile.decode)."""
+
+    def __init__(self, base: DetectionDataset):
+        self.base = base
+        self.records, self.class_names = base.records, base.class_names
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        rec = self.base.records[i]
+        return PhotoFile(rec.path, rec.width, rec.height), self.base.target(i)

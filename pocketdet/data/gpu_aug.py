@@ -17,7 +17,6 @@ shrinking, a box filter over bilinear taps, where PIL's antialiased bilinear use
 from __future__ import annotations
 
 import torch
-from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.ops import roi_align
 
@@ -48,10 +47,7 @@ class EncodedImages(torch.utils.data.Dataset):
             raise DataError(f"cannot read image {rec.path}: {e.strerror or e}") from None
         if not data:
             raise DataError(f"cannot decode image {rec.path}: the file is empty")
-        target = {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes).float().reshape(-1, 4),
-                                                    format="XYXY", canvas_size=(rec.height, rec.width)),
-                  "labels": torch.from_numpy(rec.labels).long(), "image_id": rec.image_id}
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), target
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), self.base.target(i)
 
 
 class DrawSSDParams:

@@ -66,7 +66,8 @@ def hue(x, delta):
     """HSV hue rotation by `delta` turns without building HSV: value (max) and chroma (max - min) are kept,
     each channel is max - chroma * clamp(min(k, 4 - k), 0, 1) with k = (offset + 6 h') mod 6."""
     r, g, b = x.unbind(-3)
-    mn, mx = torch.aminmax(x, dim=-3)
+    # pairwise on the channel planes: aminmax over the channel dim is ~4x slower on CPU
+    mn, mx = torch.minimum(torch.minimum(r, g), b), torch.maximum(torch.maximum(r, g), b)
     chroma = mx - mn
     inv = torch.where(chroma > 0, chroma, torch.ones_like(chroma)).reciprocal_()
     h6 = torch.where(mx == r, g - b, torch.where(mx == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)))

@@ -5,19 +5,24 @@ photo, materialises a zoom-out canvas of up to 16x its area, searches a crop wit
 and resizes the crop. Here every random parameter is drawn first, from the same distributions:
 
 1. distortion draw (photometric.sample_distort); zoom-out ratio and offset; IoU-crop window on the would-be
-   canvas, all 50 trials of a threshold evaluated at once in numpy; flip.
+   canvas, all 50 trials of a threshold evaluated at once in numpy; flip. Only the photo's size is needed,
+   so in training (base.PhotoFiles items) nothing is decoded yet.
 2. The crop window is mapped back to photo coordinates, where it may extend past the photo (the expand fill).
    Boxes go through shift, clip, scale and flip as four array operations.
-3. Pixels: the part of the photo under the window is resized straight to its place in the output with PIL's
+3. Decode: a JPEG is decoded at 1/2, 1/4 or 1/8 (libjpeg's DCT scaling) when the window still has at least
+   `size` decoded pixels on both axes (`decode_reduction`: the resize after it only shrinks); the reduction
+   depends on the drawn geometry, never the other way round, so resume stays exact.
+4. Pixels: the part of the photo under the window is resized straight to its place in the output with PIL's
    antialiased bilinear filter (fractional source box: the geometry is exact; output pixels only partly
    covered by the photo get the fill), onto an output pre-filled with the fill. No canvas is allocated.
-4. The distortion runs on whichever has fewer pixels — the photo region before the resize, or its resized
+5. The distortion runs on whichever has fewer pixels — the photo region before the resize, or its resized
    image — see `FastSSDAugment`.
 
 Deviations from the reference, all sub-pixel or sub-grey-level: the contrast op's mean grey comes from a
-1/16 subsample of the photo; border pixels half covered by the photo are fill instead of a blend; PIL's
-uint8 filter instead of torch's (the latter is a port of the former); the crop search gives up (no crop)
-after 1000 rounds of 50 trials where the reference would loop for ever. tests/test_aug_distribution.py checks
+1/16 subsample of the photo; the reduced decode (DCT scaling, then the bilinear filter, where the reference
+has the filter alone: 0.2-0.3 grey levels on average on coco128); border pixels half covered by the photo are
+fill instead of a blend; PIL's uint8 filter instead of torch's (the latter is a port of the former); the crop
+search gives up (no crop) after 1000 rounds of 50 trials where the reference would loop for ever. tests/test_aug_distribution.py checks
 that both pipelines draw the same distribution of boxes, crops and colours.
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from . import photometric
+from .base import PhotoFile
 
 IMAGENET_FILL = (124, 116, 104)  # Paddle's expand fill [123.675, 116.28, 103.53], rounded for uint8
 IOU_THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)  # allow_no_crop false: 1.0 ("no crop") left out
@@ -126,10 +132,21 @@ def output_span(lo: int, hi: int, start: int, length: int, size: int) -> tuple[i
     return a, b
 
 
-def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.DistortParams,
-           fill=IMAGENET_FILL) -> np.ndarray:
-    """The output image (HWC uint8, flipped if g.flip) for a uint8 [3,H,W] photo."""
-    h, w = photo.shape[-2:]
+def decode_reduction(g: Geometry, size: int) -> int:
+    """The JPEG DCT reduction (8, 4, 2, else 1) to decode the photo with: the largest that leaves the window at
+    least `size` decoded pixels on both axes, so that the resize after it still only shrinks. A function of
+    the geometry alone, which is drawn from the annotated size: the random draws never depend on it."""
+    for r in (8, 4, 2):
+        if min(g.w, g.h) >= r * size:
+            return r
+    return 1
+
+
+def render(src: Image.Image, reduce: int, photo_wh: tuple[int, int], g: Geometry, size: int,
+           distort: photometric.DistortParams, fill=IMAGENET_FILL) -> np.ndarray:
+    """The output image (HWC uint8, flipped if g.flip) from the RGB photo `src`, decoded at 1/`reduce` of its
+    size `photo_wh` (its pixel i covers photo pixels [i * reduce, (i + 1) * reduce)); `g` is in photo pixels."""
+    w, h = photo_wh
     ix0, iy0, ix1, iy1 = max(g.x0, 0), max(g.y0, 0), min(g.x0 + g.w, w), min(g.y0 + g.h, h)
     ox0, ox1 = output_span(ix0, ix1, g.x0, g.w, size)
     oy0, oy1 = output_span(iy0, iy1, g.y0, g.h, size)
@@ -138,25 +155,32 @@ def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.Dis
         out[:] = fill
     if ox1 <= ox0 or oy1 <= oy0:
         return out
-    # source box of the covered output pixels, plus a margin of photo pixels for the filter's support
+    # source box (decoded pixels) of the covered output pixels
     sx, sy = g.w / size, g.h / size
-    box = (g.x0 + ox0 * sx, g.y0 + oy0 * sy, g.x0 + ox1 * sx, g.y0 + oy1 * sy)
-    mx, my = math.ceil(max(sx, 1.0)) + 1, math.ceil(max(sy, 1.0)) + 1
-    rx0, ry0 = max(ix0 - mx, 0), max(iy0 - my, 0)
-    rx1, ry1 = min(ix1 + mx, w), min(iy1 + my, h)
-    region = photo[:, ry0:ry1, rx0:rx1]
-    mean = photometric.contrast_mean(photo, distort)
+    sw, sh = src.size
+    box = [(g.x0 + ox0 * sx) / reduce, (g.y0 + oy0 * sy) / reduce, (g.x0 + ox1 * sx) / reduce,
+           (g.y0 + oy1 * sy) / reduce]
+    box = [min(max(box[0], 0.0), sw), min(max(box[1], 0.0), sh), min(max(box[2], 0.0), sw), min(max(box[3], 0.0), sh)]
+    ow, oh = ox1 - ox0, oy1 - oy0
+    mean = None
+    if any(name == "contrast" for name, _ in distort.ops):
+        k = max(1, 4 // reduce)  # ~1/16 of the photo's pixels, whatever the reduction
+        sub = src.resize((max(sw // k, 1), max(sh // k, 1)), Image.NEAREST)
+        mean = photometric.contrast_mean(torch.from_numpy(np.array(sub)).permute(2, 0, 1), distort, stride=1)
     # Distortion before the resize is exactly the reference's; after it, brightness/contrast/saturation
     # (affine per pixel) commute with the resize's positive normalised weights up to clamping and rounding,
-    # and the hue rotation differs only where the filter mixes different hues. Before when cheaper.
-    before = bool(distort.ops) and region.shape[-1] * region.shape[-2] <= (ox1 - ox0) * (oy1 - oy0)
+    # and the hue rotation differs only where the filter mixes different hues. Before when cheaper: on the
+    # box plus a margin for the filter's support.
+    mx, my = math.ceil(max((box[2] - box[0]) / ow, 1.0)) + 1, math.ceil(max((box[3] - box[1]) / oh, 1.0)) + 1
+    region = (max(math.floor(box[0]) - mx, 0), max(math.floor(box[1]) - my, 0),
+              min(math.ceil(box[2]) + mx, sw), min(math.ceil(box[3]) + my, sh))
+    before = bool(distort.ops) and (region[2] - region[0]) * (region[3] - region[1]) <= ow * oh
     if before:
-        region = photometric.apply_ops(region.float(), distort.ops, mean).to(torch.uint8)
-    src = Image.fromarray(np.ascontiguousarray(region.permute(1, 2, 0).numpy()))
-    rw, rh = rx1 - rx0, ry1 - ry0
-    box = (min(max(box[0] - rx0, 0.0), rw), min(max(box[1] - ry0, 0.0), rh),
-           min(max(box[2] - rx0, 0.0), rw), min(max(box[3] - ry0, 0.0), rh))
-    resized = src.resize((ox1 - ox0, oy1 - oy0), Image.BILINEAR, box=box, reducing_gap=None)
+        pixels = torch.from_numpy(np.array(src.crop(region))).permute(2, 0, 1)
+        pixels = photometric.apply_ops(pixels.float(), distort.ops, mean).to(torch.uint8)
+        src = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+        box = [box[0] - region[0], box[1] - region[1], box[2] - region[0], box[3] - region[1]]
+    resized = src.resize((ow, oh), Image.BILINEAR, box=tuple(box), reducing_gap=None)
     if g.flip:
         resized = resized.transpose(Image.FLIP_LEFT_RIGHT)
         ox0, ox1 = size - ox1, size - ox0
@@ -170,18 +194,27 @@ def render(photo: torch.Tensor, g: Geometry, size: int, distort: photometric.Dis
 
 class FastSSDAugment:
     """Drop-in for the reference `ssd` pipeline: (uint8 Image [3,H,W], target with XYXY `boxes`) ->
-    (uint8 Image [3,size,size], target with boxes/labels filtered alike). Randomness from torch's global RNG,
-    which the loader seeds per sample, so resumed runs see the same images."""
+    (uint8 Image [3,size,size], target with boxes/labels filtered alike). The image may also be a
+    base.PhotoFile (items of base.PhotoFiles): the parameters are drawn from its annotated size, then it is
+    decoded at the reduction `decode_reduction` allows. Randomness from torch's global RNG, which the loader
+    seeds per sample, so resumed runs see the same images."""
 
     def __init__(self, size: int = 320):
         self.size = size
 
     def __call__(self, img, target):
-        photo = img.as_subclass(torch.Tensor)
         boxes = target["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4).numpy()
+        if isinstance(img, PhotoFile):
+            w, h = img.width, img.height
+        else:
+            h, w = img.shape[-2:]
         distort = photometric.sample_distort()
-        g = sample_geometry(photo.shape[-2], photo.shape[-1], boxes)
-        out = render(photo, g, self.size, distort)
+        g = sample_geometry(h, w, boxes)
+        if isinstance(img, PhotoFile):
+            src, reduce = img.decode(decode_reduction(g, self.size))
+        else:
+            src, reduce = Image.fromarray(np.ascontiguousarray(img.as_subclass(torch.Tensor).permute(1, 2, 0))), 1
+        out = render(src, reduce, (w, h), g, self.size, distort)
         image = tv_tensors.Image(torch.from_numpy(out).permute(2, 0, 1))
         new_boxes, kept = transform_boxes(boxes, g, self.size)
         result = dict(target)

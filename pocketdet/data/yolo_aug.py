@@ -6,9 +6,12 @@ A sample is `(tv_tensors.Image uint8 [3,H,W], {"boxes": tv_tensors.BoundingBoxes
 1. `MixupDataset` (dataset wrapper): blend with a random other sample, Beta(1.5, 1.5), while enabled
    (the first 250 epochs); every target gets `scores` (the mix weight of its image, 1 without mixup).
 2. `build_yolo_transforms()` per sample: ColorDistort (random order) -> RandomZoomOut (Paddle RandomExpand)
-   -> SSD-style IoU crop -> horizontal flip -> first 50 boxes (PadBox) -> drop degenerate boxes.
-3. `RandomShapeCollate` per batch: one random size from 320..608 (step 32) and one random interpolation
-   for the whole batch; returns float images in 0..1 (normalisation happens inside the model).
+   -> SSD-style IoU crop -> horizontal flip -> first 50 boxes (PadBox) -> drop degenerate boxes. The
+   image comes out as a yolo_window.Window (the crop without the zoom-out canvas it was cut from);
+   `yolo_reference_transforms()` is the same step by step on torchvision v2, canvas included.
+3. `RandomShapeCollate` per batch (in yolo_window.py): one random size from 320..608 (step 32) and one
+   random interpolation for the whole batch; returns float images in 0..1 (normalisation happens inside
+   the model).
 
 All randomness comes from torch's global RNG, so seeding torch per sample reproduces a run; the batch's size
 and interpolation are drawn by the last per-sample step (`DrawBatchShape`) for the same reason, and the
@@ -21,9 +24,10 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from .yolo_window import INTERPOLATIONS, RandomShapeCollate, YoloWindowAugment, resize_sample  # noqa: F401
 
 # Paddle RandomExpand fill: the ImageNet mean in 0..255 (rounded: the canvas is uint8 here)
 EXPAND_FILL = (124, 116, 104)
@@ -87,7 +91,8 @@ class MixupDataset(torch.utils.data.Dataset):
         image, target = self.base[idx]
         if not on or len(self.base) < 2:
             return image, with_scores(target, 1.0)
-        factor = float(torch.distributions.Beta(self.alpha, self.beta).sample().clamp(0.0, 1.0))
+        # validate_args=False: the same draw without the argument checks (1 ms a sample)
+        factor = float(torch.distributions.Beta(self.alpha, self.beta, validate_args=False).sample().clamp(0.0, 1.0))
         other = int(torch.randint(len(self.base), ()))
         if factor >= 1.0:
             return image, with_scores(target, 1.0)
@@ -108,8 +113,9 @@ def mixup_pair(image1, target1, image2, target2, factor: float):
     h = max(image1.shape[-2], image2.shape[-2])
     w = max(image1.shape[-1], image2.shape[-1])
     canvas = torch.zeros(3, h, w, dtype=torch.float32)
-    canvas[:, : image1.shape[-2], : image1.shape[-1]] += image1.float() * factor
-    canvas[:, : image2.shape[-2], : image2.shape[-1]] += image2.float() * (1.0 - factor)
+    first = canvas[:, : image1.shape[-2], : image1.shape[-1]]
+    first.copy_(image1.as_subclass(torch.Tensor)).mul_(factor)
+    canvas[:, : image2.shape[-2], : image2.shape[-1]].add_(image2.as_subclass(torch.Tensor), alpha=1.0 - factor)
     image = tv_tensors.Image(canvas.round_().clamp_(0, 255).to(torch.uint8))
     t1, t2 = with_scores(target1, factor), with_scores(target2, 1.0 - factor)
     boxes = torch.cat([t1["boxes"].as_subclass(torch.Tensor).float(), t2["boxes"].as_subclass(torch.Tensor).float()])
@@ -284,62 +290,25 @@ def _labels_and_scores(sample):
     return (target["labels"], target["scores"]) if "scores" in target else target["labels"]
 
 
-def build_yolo_transforms(max_boxes: int = 50) -> v2.Compose:
-    """The per-sample part of the YOLOv3 reader (after mixup, before the batch resize)."""
+def finishing_steps(max_boxes: int = 50) -> list:
+    return [KeepFirstBoxes(max_boxes), v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_scores), DrawBatchShape()]
+
+
+def yolo_reference_transforms(max_boxes: int = 50) -> v2.Compose:
+    """The per-sample part of the YOLOv3 reader (after mixup, before the batch resize), step by step on
+    torchvision v2: the version `build_yolo_transforms` is checked against (tests/test_yolo_aug.py)."""
     return v2.Compose([
         ColorDistort(),
         v2.RandomZoomOut(fill={tv_tensors.Image: EXPAND_FILL, "others": 0}, side_range=(1.0, 4.0), p=0.5),
         PaddleIoUCrop(),
         v2.RandomHorizontalFlip(0.5),
-        KeepFirstBoxes(max_boxes),
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_and_scores),
-        DrawBatchShape(),
+        *finishing_steps(max_boxes),
     ])
 
 
-# -- 3. batch resize ------------------------------------------------------------------------------------
-# cv2 interpolations of Paddle's RandomShape and their closest torch equivalents: nearest, linear, area,
-# cubic, lanczos4 (no lanczos for tensors: bicubic with antialiasing stands in)
-INTERPOLATIONS = (("nearest", False), ("bilinear", False), ("area", False), ("bicubic", False), ("bicubic", True))
-
-
-class RandomShapeCollate:
-    """Collate a list of (uint8 image, target) into (float images [N,3,S,S] in 0..1, targets) with one random
-    S from `sizes` and one random interpolation per batch (Paddle RandomShape; aspect not kept). Target
-    boxes become plain float tensors in pixels of the S x S batch."""
-
-    def __init__(self, sizes=range(320, 609, 32), interpolations=INTERPOLATIONS):
-        self.sizes = [int(s) for s in sizes]
-        if not self.sizes:
-            raise ValueError("RandomShapeCollate needs at least one size")
-        self.interpolations = list(interpolations)
-
-    def __call__(self, batch):
-        draw = batch[0][1].get("shape_draw") if batch else None
-        draw = torch.rand(2) if draw is None else draw
-        size = self.sizes[min(int(draw[0] * len(self.sizes)), len(self.sizes) - 1)]
-        mode, antialias = self.interpolations[min(int(draw[1] * len(self.interpolations)),
-                                                  len(self.interpolations) - 1)]
-        images, targets = [], []
-        for image, target in batch:
-            h, w = image.shape[-2:]
-            x = image.as_subclass(torch.Tensor)[None]
-            kwargs = {} if mode in ("nearest", "area") else {"align_corners": False, "antialias": antialias}
-            if x.dtype == torch.uint8 and mode in ("nearest", "bilinear") and not antialias:
-                # these read a few pixels per output pixel: resize the uint8 image (channels-last has torch's
-                # fast kernel; values rounded to the uint8 grid, within 1/255 of the float result) and convert
-                # only the output, instead of converting a zoomed-out canvas of up to 16x the photo to float
-                x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode=mode,
-                                  **kwargs)[0].float().div_(255.0)
-            else:
-                x = F.interpolate(x.float() / 255.0, size=(size, size), mode=mode, **kwargs)[0].clamp_(0.0, 1.0)
-            images.append(x)
-            t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in target.items()
-                 if k != "shape_draw"}
-            scale = torch.tensor([size / w, size / h, size / w, size / h])
-            t["boxes"] = t["boxes"].float().reshape(-1, 4) * scale
-            t["labels"] = torch.as_tensor(t["labels"]).long()
-            t["orig_size"] = (int(h), int(w))
-            targets.append(t)
-        return torch.stack(images), targets
+def build_yolo_transforms(max_boxes: int = 50) -> YoloWindowAugment:
+    """The per-sample part of the YOLOv3 reader: the reference's draws and boxes, the image as a
+    yolo_window.Window (no zoom-out canvas; RandomShapeCollate resizes it)."""
+    ref = yolo_reference_transforms(max_boxes).transforms
+    return YoloWindowAugment(ref[0], ref[1], ref[2], ref[3].p, v2.Compose(ref[4:]), EXPAND_FILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ConfigError
+from ..data.base import DetectionDataset, PhotoFiles
 from ..data.picodet_aug import multiscale_sizes
 from ..data.rcnn_aug import RCNNMultiScaleCollate
 from ..data.yolo_aug import MixupDataset, RandomShapeCollate
@@ -13,7 +14,8 @@ from ..data.yolo_aug import MixupDataset, RandomShapeCollate
 def hooks_for(cfg) -> dict:
     """TrainOptions fields for a config: those of its augmentation, plus its model family's per-iteration hook."""
     aug = cfg.train.augment
-    hooks = {"yolo": yolo_hooks, "rcnn": rcnn_hooks, "picodet": picodet_aug_hooks}.get(aug, lambda c: {})(cfg)
+    hooks = {"yolo": yolo_hooks, "rcnn": rcnn_hooks, "picodet": picodet_aug_hooks,
+             "ssd": lambda c: ssd_hooks()}.get(aug, lambda c: {})(cfg)
     if cfg.model["arch"] == "picodet":
         hooks["iteration_hook"] = picodet_assigner_hook(cfg)
     return hooks
@@ -24,6 +26,13 @@ def _extra_iters(cfg, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"config {cfg.name}: train.extra.{key} must be an integer >= 0, got {value!r}")
     return value
+
+
+def ssd_hooks() -> dict:
+    """TrainOptions fields for `augment: ssd`: the transform gets the image files undecoded (PhotoFiles), so it
+    decodes each JPEG at the DCT reduction its drawn window allows (data/ssd_aug.py). Datasets without
+    image records (any torch dataset of decoded images) stay as they are: the transform takes both."""
+    return {"dataset_wrapper": lambda ds: PhotoFiles(ds) if isinstance(ds, DetectionDataset) else ds}
 
 
 def yolo_hooks(cfg) -> dict:
