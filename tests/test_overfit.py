@@ -11,7 +11,7 @@ from pocketdet.config import load_config
 from pocketdet.data import CocoDetection
 from pocketdet.data.loader import SeededTransformDataset, collate_detection
 from pocketdet.data.transforms import plain_train_transforms
-from pocketdet.engine.evaluate import evaluate
+from pocketdet.engine.fit import fit_to_ap50
 from pocketdet.models import build_model
 
 
@@ -31,19 +31,8 @@ def test_ssdlite_overfits_four_photos(data_dir):
     assert len(ds) == 4 and sum(len(r.boxes) for r in ds.records) >= 6
     model = build_model(load_config("ssdlite_mnv3_small_320").model, class_names=ds.class_names).use_channels_last()
     images, targets = collate_detection([SeededTransformDataset(ds, plain_train_transforms(320))[i] for i in range(4)])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    model.train()
     t0 = time.perf_counter()
-    for step in range(1, MAX_STEPS + 1):
-        model.train()
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 0:
-            stats = evaluate(model, ds, batch_size=4, progress=False)  # eval mode: BN running statistics
-            if stats["AP50"] >= 0.8:
-                break
-    print(f"overfit: loss {loss.item():.4f} AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f} "
-          f"after {step} steps in {time.perf_counter() - t0:.0f} s")
-    assert stats["AP50"] >= 0.8
+    fit = fit_to_ap50(model, images, targets, ds, target_ap50=0.8, max_steps=MAX_STEPS, eval_batch=4)
+    print(f"overfit: loss {sum(fit.losses.values()):.4f} AP50 {fit.stats['AP50']:.3f} AP {fit.stats['AP']:.3f} "
+          f"after {fit.steps} steps in {time.perf_counter() - t0:.0f} s")
+    assert fit.reached and fit.stats["AP50"] >= 0.8

@@ -117,8 +117,12 @@ def test_postprocess_scales_to_original_and_runs_classwise_nms():
 
 
 def test_predict_real_photo_returns_detections_in_image_pixels():
-    model = build("picodet_s_320").eval()
+    """predict on a file gives the same detections as the network on the 320 input, boxes scaled to the photo."""
+    import numpy as np
+    from PIL import Image
+
     torch.manual_seed(0)
+    model = build("picodet_s_320").eval()
     with torch.no_grad():  # a head biased to fire everywhere, so that NMS and the rescale have work to do
         for conv in model.head.head_cls_list:
             conv.bias.fill_(3.0)
@@ -126,11 +130,16 @@ def test_predict_real_photo_returns_detections_in_image_pixels():
     assert set(out) == {"boxes", "scores", "labels"}
     n = out["boxes"].shape[0]
     assert 0 < n <= 100 and out["scores"].shape == (n,) and out["labels"].shape == (n,)
-    assert (out["scores"] >= 0.025).all() and (out["labels"] < 80).all()
-    from PIL import Image
-    w, h = Image.open(PHOTO).size
-    assert out["boxes"][:, 0::2].max() > 320 or w <= 320  # original pixels, not the 320 input
-    assert torch.isfinite(out["boxes"]).all()
+    assert (out["scores"] >= 0.025).all() and (out["labels"] < 80).all() and torch.isfinite(out["boxes"]).all()
+    photo = torch.from_numpy(np.array(Image.open(PHOTO).convert("RGB"))).permute(2, 0, 1).float() / 255
+    h, w = photo.shape[-2:]
+    assert (w, h) != (320, 320)
+    square = model.resize_images([photo])[0][0]  # the network input predict makes of the photo
+    with torch.no_grad():
+        ref = model([square])[0]  # the same network input, detections in 320x320 input pixels
+    assert torch.equal(out["labels"], ref["labels"]) and torch.allclose(out["scores"], ref["scores"])
+    assert torch.allclose(out["boxes"], ref["boxes"] * torch.tensor([w / 320, h / 320, w / 320, h / 320]),
+                          atol=1e-3)
 
 
 def test_cosine_period_longer_than_the_run():

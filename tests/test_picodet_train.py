@@ -15,7 +15,7 @@ from pocketdet.data.loader import SeededTransformDataset, collate_detection
 from pocketdet.data.picodet_aug import build_picodet_transforms, multiscale_sizes
 from pocketdet.data.transforms import plain_train_transforms
 from pocketdet.data.yolo_aug import RandomShapeCollate
-from pocketdet.engine.evaluate import evaluate
+from pocketdet.engine.fit import fit_to_ap50
 from pocketdet.engine.family_hooks import hooks_for
 from pocketdet.models import build_model
 from pocketdet.models import picodet as picodet_module
@@ -35,27 +35,19 @@ def test_picodet_overfits_four_photos(data_dir):
     model = build_model(cfg.model, class_names=ds.class_names).use_channels_last()
     switch = hooks_for(cfg)["iteration_hook"]
     images, targets = collate_detection([SeededTransformDataset(ds, plain_train_transforms(320))[i] for i in range(4)])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
-    assigners = set()
+    assigners = []
+
+    def hook(m, step):
+        switch(m, step)
+        assigners.append(m.use_static_assigner)
     t0 = time.perf_counter()
-    for step in range(1, MAX_STEPS + 1):
-        model.train()
-        switch(model, step - 1)
-        assigners.add(model.use_static_assigner)
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 25 == 0:
-            stats = evaluate(model, ds, batch_size=4, progress=False)  # eval mode: BN running statistics
-            if stats["AP50"] >= 0.8:
-                break
-    print(f"picodet overfit: {', '.join(f'{k} {v.item():.4f}' for k, v in losses.items())} AP50 {stats['AP50']:.3f} "
-          f"AP {stats['AP']:.3f} after {step} steps in {time.perf_counter() - t0:.0f} s")
-    assert stats["AP50"] >= 0.8
-    assert set(losses) == {"loss_vfl", "loss_bbox", "loss_dfl"}
-    assert True in assigners
+    fit = fit_to_ap50(model, images, targets, ds, target_ap50=0.8, max_steps=MAX_STEPS, iteration_hook=hook,
+                      eval_batch=4)
+    print(f"picodet overfit: {', '.join(f'{k} {v:.4f}' for k, v in fit.losses.items())} AP50 {fit.stats['AP50']:.3f} "
+          f"AP {fit.stats['AP']:.3f} after {fit.steps} steps in {time.perf_counter() - t0:.0f} s")
+    assert fit.reached and fit.stats["AP50"] >= 0.8
+    assert set(fit.losses) == {"loss_vfl", "loss_bbox", "loss_dfl"}
+    assert assigners[0] is True and (False in assigners) == (fit.steps > STATIC_STEPS)
 
 
 def test_augmentation_on_real_photos(data_dir):

@@ -57,7 +57,7 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 800, eval_every: int = 5
     from pocketdet.config import load_config
     from pocketdet.data.loader import SeededTransformDataset, collate_detection
     from pocketdet.data.transforms import plain_train_transforms
-    from pocketdet.engine.evaluate import evaluate
+    from pocketdet.engine.fit import fit_to_ap50
     from pocketdet.models import build_model
 
     torch.manual_seed(0)
@@ -65,21 +65,9 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 800, eval_every: int = 5
     model = build_model(cfg.model, class_names=ds.class_names).use_channels_last()
     images, targets = collate_detection([SeededTransformDataset(ds, plain_train_transforms(320))[i]
                                          for i in range(len(ds))])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    stats, step = {}, 0
-    while step < max_steps:
-        model.train()
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % eval_every == 0:
-            stats = evaluate(model, ds, batch_size=8, progress=False)
-            print(f"step {step}: loss {loss.item():.3f} AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f}", flush=True)
-            if stats["AP50"] >= target_ap50:
-                break
-    return model.eval(), cfg, step, stats
+    result = fit_to_ap50(model, images, targets, ds, target_ap50, max_steps, eval_every,
+                         log=lambda line: print(line, flush=True))
+    return model.eval(), cfg, result.steps, result.stats
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 600, eval_every: int = 2
     from pocketdet.config import apply_overrides, load_config
     from pocketdet.data.loader import SeededTransformDataset, collate_detection
     from pocketdet.data.transforms import plain_train_transforms
-    from pocketdet.engine.evaluate import evaluate
     from pocketdet.engine.family_hooks import hooks_for
+    from pocketdet.engine.fit import fit_to_ap50
     from pocketdet.models import build_model
 
     torch.manual_seed(0)
@@ -41,22 +41,9 @@ def fit(ds, target_ap50: float = 0.95, max_steps: int = 600, eval_every: int = 2
     switch = hooks_for(cfg)["iteration_hook"]
     images, targets = collate_detection([SeededTransformDataset(ds, plain_train_transforms(320))[i]
                                          for i in range(len(ds))])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
-    stats, step = {}, 0
-    while step < max_steps:
-        model.train()
-        switch(model, step)
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % eval_every == 0:
-            stats = evaluate(model, ds, batch_size=8, progress=False)
-            print(f"step {step}: loss {loss.item():.3f} AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f}", flush=True)
-            if stats["AP50"] >= target_ap50:
-                break
-    return model.eval(), cfg, step
+    result = fit_to_ap50(model, images, targets, ds, target_ap50, max_steps, eval_every, iteration_hook=switch,
+                         log=lambda line: print(line, flush=True))
+    return model.eval(), cfg, result.steps
 
 
 def main() -> None:
