@@ -84,16 +84,10 @@ def test_int8_ap_on_fitted_model(fitted_ckpt, fitted_yaml, fitted_photos, tmp_pa
     from pocketdet.data import build_dataset, load_dataset_yaml
     from pocketdet.deploy.mobile import NcnnDetector, export_ncnn
 
-    from pocketdet.engine.evaluate import coco_eval
+    from pocketdet.engine.evaluate import evaluate_predictor
 
     def ap_of(det, ds):
-        res = []
-        for rec in ds.records:
-            out = det.predict(rec.path)
-            res += [{"image_id": rec.image_id, "category_id": ds.label_to_category_id(lab), "score": sc,
-                     "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
-                    for b, sc, lab in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())]
-        return coco_eval(ds.coco_gt(), res)
+        return evaluate_predictor(det.predict, ds, progress=False)
 
     torch.set_num_threads(1)
     model = load(fitted_ckpt).eval()

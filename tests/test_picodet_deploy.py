@@ -187,15 +187,9 @@ def fitted_pico(fitted_photos):
 
 
 def _coco_ap(det, ds):
-    from pocketdet.engine.evaluate import coco_eval
+    from pocketdet.engine.evaluate import evaluate_predictor
 
-    res = []
-    for rec in ds.records:
-        out = det.predict(rec.path)
-        res += [{"image_id": rec.image_id, "category_id": ds.label_to_category_id(lab), "score": sc,
-                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
-                for b, sc, lab in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())]
-    return coco_eval(ds.coco_gt(), res)
+    return evaluate_predictor(det.predict, ds, progress=False)
 
 
 def _keeps_confident(float_det, int8_det, photos):
