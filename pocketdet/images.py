@@ -18,3 +18,11 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode == "F":
         raise ValueError("floating-point images (PIL mode F) are not supported: convert to 8-bit RGB first")
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def draft_at_least(f: Image.Image, min_w: float, min_h: float) -> None:
+    """Make an opened, not yet decoded JPEG decode at the largest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled
+    IDCT) that keeps it at least (min_w, min_h) pixels; other formats decode in full. `model.predict` and the
+    deployed runtime share it so that both see the same pixels."""
+    if f.format == "JPEG":
+        f.draft("RGB", (max(1, int(min_w)), max(1, int(min_h))))

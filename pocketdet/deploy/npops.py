@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import to_rgb_array
+from ..images import draft_at_least, to_rgb_array
 
 # same clamp as pocketdet.models.box_ops: exp() of a width/height offset cannot overflow
 _DWH_CLAMP = np.float32(np.log(1000.0 / 16))
@@ -48,8 +48,7 @@ def load_for_input(image, min_wh) -> tuple[np.ndarray, tuple[int, int]]:
     if isinstance(image, (str, Path)):
         with _open(image) as f:
             w, h = f.size
-            if f.format == "JPEG":
-                f.draft("RGB", tuple(max(1, int(v)) for v in min_wh(w, h)))  # scale keeps size >= request
+            draft_at_least(f, *min_wh(w, h))
             rgb = _decode(f, image)
     else:
         rgb = load_rgb(image)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import to_rgb_array
+from ..images import draft_at_least, to_rgb_array
 
 REDUCING_GAP = 2.0  # = npops.REDUCING_GAP
 
@@ -41,8 +41,8 @@ def _one(im, min_wh) -> tuple[torch.Tensor, tuple[int, int]]:
         try:
             with Image.open(im) as f:
                 w, h = f.size
-                if f.format == "JPEG" and min_wh is not None:
-                    f.draft("RGB", tuple(max(1, int(v)) for v in min_wh(w, h)))
+                if min_wh is not None:
+                    draft_at_least(f, *min_wh(w, h))
                 im = to_rgb_array(f)
         except (OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot read image {im}: {e}") from e
