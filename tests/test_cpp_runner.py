@@ -3,12 +3,14 @@
 Needs the C++ build (`make cpp-runner`: ncnn from its PyPI sdist + the runner, cached under .cache/); every
 test here skips without it, e.g. in CI unless its cache holds the build. Both runners are fed the same RGB
 array (written as a binary PPM, which stb_image reads losslessly): JPEG decoding differs between PIL and
-stb_image and is not part of the contract (docs/deploy.md).
+stb_image and is not part of the contract (docs/deploy.md). Random-weights models run on 3 val photos; the
+fitted PicoDet-XS on 3 of the photos it was fitted on, where it finds its objects with high scores.
 """
 import json
 import os
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -38,12 +40,17 @@ def run_cpp(model, images, *extra, check=True):
     return res
 
 
+class Export(NamedTuple):
+    param: Path          # NAME.ncnn.param
+    photos: list[Path]   # the JPEGs to compare on
+
+
 @pytest.fixture(scope="module")
-def ppm_photos(tmp_path_factory):
+def ppm_photos(exported, tmp_path_factory):
     """(path of a PPM, the RGB array) per photo: the decoded JPEG as both runners will see it."""
     out = tmp_path_factory.mktemp("ppm")
     photos = []
-    for p in PHOTOS:
+    for p in exported.photos:
         rgb = npops.load_rgb(p)
         dst = out / (p.stem + ".ppm")
         Image.fromarray(rgb).save(dst)
@@ -60,27 +67,40 @@ def _export(name, tmp_path_factory):
     torch.set_num_threads(1)
     try:
         model = make_trained_like(build_model(load_config(name).model), CALIB)
-        return export_ncnn(model, tmp_path_factory.mktemp("ncnn") / name, name=name)
+        return Export(export_ncnn(model, tmp_path_factory.mktemp("ncnn") / name, name=name), PHOTOS)
     finally:
         torch.set_num_threads(prev)
 
 
-FITTED = ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt"
+FITTED_DIR = ROOT / "tests" / "fixtures" / "fitted"
+# fixture checkpoint, the photos to compare on (None: the val photos; else its *_fit.json's first 3)
+FITTED = {"fitted_ssdlite": ("ssdlite_small_fit.pt", None), "fitted_picodet": ("picodet_xs_fit.pt", "picodet_fit.json")}
+
+
+def _export_fitted(name, tmp_path_factory):
+    ckpt, photos_json = FITTED[name]
+    if not (FITTED_DIR / ckpt).is_file():
+        pytest.skip(f"fitted fixture {ckpt} not present")
+    pytest.importorskip("pnnx", reason="pnnx not installed (pip install 'pocketdet[mobile]')")
+    from pocketdet.api import load
+    from pocketdet.deploy.mobile import export_ncnn
+
+    photos = PHOTOS
+    if photos_json:
+        names = json.loads((FITTED_DIR / photos_json).read_text())["photos"][:3]
+        photos = [ROOT / "data" / "coco128" / "images" / "train2017" / n for n in names]
+    param = export_ncnn(load(FITTED_DIR / ckpt).eval(), tmp_path_factory.mktemp("ncnn") / name, name=name)
+    return Export(param, photos)
 
 
 @pytest.fixture(scope="module", params=["ssdlite_mnv3_small_320", "fitted_ssdlite", "yolov3_mnv3_large_320_prune_fpgm",
-                                        "yolov3_mnv3_large_320"])
+                                        "yolov3_mnv3_large_320", "fitted_picodet", "picodet_xs_416"])
 def exported(request, tmp_path_factory):
-    """Trained-like weights (hundreds of detections per photo, crowded classes for YOLOv3) and the fitted
-    SSDLite fixture (a few confident detections, as a trained model gives)."""
-    if request.param == "fitted_ssdlite":
-        if not FITTED.is_file():
-            pytest.skip("fitted SSDLite fixture not present")
-        pytest.importorskip("pnnx", reason="pnnx not installed (pip install 'pocketdet[mobile]')")
-        from pocketdet.api import load
-        from pocketdet.deploy.mobile import export_ncnn
-
-        return export_ncnn(load(FITTED).eval(), tmp_path_factory.mktemp("ncnn") / "fitted", name="fitted")
+    """Trained-like weights (hundreds of detections per photo, crowded classes for YOLOv3; PicoDet-XS at 416,
+    boxes decoded from random distance bins) and the fitted SSDLite and PicoDet-XS fixtures (a few confident
+    detections among the low-score ones, as a trained model gives)."""
+    if request.param in FITTED:
+        return _export_fitted(request.param, tmp_path_factory)
     return _export(request.param, tmp_path_factory)
 
 
@@ -100,15 +120,15 @@ def assert_same_detections(cpp: list[dict], py: dict, what: str):
 def test_cpp_detections_equal_python(exported, ppm_photos):
     from pocketdet.deploy.mobile import NcnnDetector
 
-    det = NcnnDetector(exported, threads=1)
-    lines = run_cpp(exported, [p for p, _ in ppm_photos]).stdout.strip().split("\n")
+    det = NcnnDetector(exported.param, threads=1)
+    lines = run_cpp(exported.param, [p for p, _ in ppm_photos]).stdout.strip().split("\n")
     assert len(lines) == len(ppm_photos)
     total = 0
     for line, (path, rgb) in zip(lines, ppm_photos):
         out = json.loads(line)
         assert out["image"] == str(path) and (out["height"], out["width"]) == rgb.shape[:2]
         py = det.predict(rgb)
-        assert_same_detections(out["detections"], py, f"{exported.name} on {path.name}")
+        assert_same_detections(out["detections"], py, f"{exported.param.name} on {path.name}")
         assert [d["name"] for d in out["detections"]] == [det.class_names[d["label"]] for d in out["detections"]]
         total += len(py["scores"])
     assert total > 10  # the comparison is not vacuous
@@ -118,14 +138,16 @@ def test_cpp_resize_equals_numpy(exported, ppm_photos, tmp_path):
     """The network input itself: the C++ antialiased resize against npops.resize_chw on the same array."""
     path, rgb = ppm_photos[0]
     dump = tmp_path / "input.f32"
-    run_cpp(exported, [path], "--dump-input", str(dump))
-    size = 320
+    run_cpp(exported.param, [path], "--dump-input", str(dump))
+    meta = exported.param.with_name(exported.param.name.replace(".param", ".json"))
+    size = json.loads(meta.read_text())["input_size"]
     cpp = np.fromfile(dump, np.float32).reshape(3, size, size)
     py = npops.resize_chw(rgb, size)[0]
     assert np.abs(cpp - py).max() <= 1e-6
 
 
 def test_cpp_runner_errors_are_one_line(exported, ppm_photos, tmp_path):
+    exported = exported.param
     # metadata missing: exit 1, one line naming the JSON file
     lonely = tmp_path / "m.ncnn.param"
     lonely.write_text(exported.read_text())

@@ -1,5 +1,5 @@
 // Loading a pocketdet ncnn export and running it: the C++ twin of pocketdet.deploy.mobile.NcnnDetector for
-// the single-graph archs (ssdlite, yolov3). See include/pocketdet/detector.h.
+// the single-graph archs (ssdlite, yolov3, picodet). See include/pocketdet/detector.h.
 #include "pocketdet/detector.h"
 
 #include <algorithm>
@@ -56,8 +56,9 @@ Detector::Detector(const std::string& path, int threads) : net_(new ncnn::Net) {
             throw std::runtime_error("metadata format " + std::to_string(static_cast<int>(meta.at("format_version").number()))
                                      + " is newer than this runner understands (" + std::to_string(kFormatVersion) + ")");
         arch_ = meta.at("arch").str();
-        if (arch_ != "ssdlite" && arch_ != "yolov3")
-            throw std::runtime_error("arch '" + arch_ + "' is not supported by the C++ runner (ssdlite, yolov3)"
+        if (arch_ != "ssdlite" && arch_ != "yolov3" && arch_ != "picodet")
+            throw std::runtime_error("arch '" + arch_
+                                     + "' is not supported by the C++ runner (ssdlite, yolov3, picodet)"
                                      + (meta.has("ncnn_heads") ? "; Cascade R-CNN runs in Python (NcnnDetector)" : ""));
         class_names_ = meta.at("class_names").strings();
         input_size_ = static_cast<int>(meta.at("input_size").number());
@@ -69,10 +70,13 @@ Detector::Detector(const std::string& path, int threads) : net_(new ncnn::Net) {
         cfg_.nms_thresh = static_cast<float>(pc.at("nms_thresh").number());
         cfg_.nms_top_k = static_cast<int>(pc.at("nms_top_k").number());
         cfg_.keep_top_k = static_cast<int>(pc.at("keep_top_k").number());
-        if (arch_ == "yolov3") {
-            cfg_.conf_thresh = static_cast<float>(pc.at("conf_thresh").number());
+        if (arch_ == "yolov3" || arch_ == "picodet") {  // boxes in the graph input's pixels
             input_hw_[0] = static_cast<int>(am.at("input_hw").at(0).number());
             input_hw_[1] = static_cast<int>(am.at("input_hw").at(1).number());
+            if (input_hw_[0] <= 0 || input_hw_[1] <= 0) throw std::runtime_error("arch_meta.input_hw must be positive");
+        }
+        if (arch_ == "yolov3") {
+            cfg_.conf_thresh = static_cast<float>(pc.at("conf_thresh").number());
             clip_bbox_ = am.at("clip_bbox").boolean();
         }
         const Json& nc = meta.at("ncnn");
@@ -132,7 +136,7 @@ std::vector<Detection> Detector::detect(const uint8_t* rgb, int width, int heigh
     std::vector<Detection> found;
     if (arch_ == "ssdlite") {
         found = class_wise_nms(boxes, scores, priors, classes, cfg_, static_cast<float>(width), static_cast<float>(height));
-    } else {
+    } else if (arch_ == "yolov3") {
         // YOLOv3Postprocess: boxes in input pixels -> original pixels, clipped; low objectness zeroes scores
         const ncnn::Mat& obj = outs[2];
         if (static_cast<int>(obj.total()) != priors)
@@ -154,6 +158,15 @@ std::vector<Detection> Detector::detect(const uint8_t* rgb, int width, int heigh
             if (objectness[p] < cfg_.conf_thresh) std::fill_n(s.begin() + static_cast<size_t>(p) * classes, classes, 0.0f);
         }
         found = class_wise_nms(b.data(), s.data(), priors, classes, cfg_, 1.0f, 1.0f);
+    } else {
+        // PicoDetPostprocess: boxes in input pixels divided by the float32 resize factor (input / original),
+        // a division as numpy's (a multiply by the inverse rounds differently); no clipping, as ppdet
+        const float fx = static_cast<float>(static_cast<double>(input_hw_[1]) / width);
+        const float fy = static_cast<float>(static_cast<double>(input_hw_[0]) / height);
+        std::vector<float> b(static_cast<size_t>(priors) * 4);
+        const float* src = boxes;
+        for (size_t i = 0; i < b.size(); ++i) b[i] = src[i] / (i % 2 == 0 ? fx : fy);
+        found = class_wise_nms(b.data(), scores, priors, classes, cfg_, 1.0f, 1.0f);
     }
     times_.postprocess_ms = ms_since(t0);
     return found;

@@ -5,7 +5,7 @@
 //     pocketdet::Detector det("ssdlite.ncnn.param", /*threads=*/1);
 //     std::vector<pocketdet::Detection> found = det.detect(rgb, width, height);  // HxWx3 uint8 RGB
 //
-// Supported archs: ssdlite and yolov3 (pruned or not). Cascade R-CNN's two-part export is refused with
+// Supported archs: ssdlite, yolov3 (pruned or not) and picodet. Cascade R-CNN's two-part export is refused with
 // a clear error (its RPN proposals and multi-scale RoIAlign run on the host in Python).
 #pragma once
 
@@ -64,7 +64,7 @@ private:
     std::string arch_;
     std::vector<std::string> class_names_;
     int input_size_ = 0;
-    int input_hw_[2] = {0, 0};  // yolov3: the graph's input (height, width) its boxes refer to
+    int input_hw_[2] = {0, 0};  // yolov3, picodet: the graph's input (height, width) its boxes refer to
     bool clip_bbox_ = true;
     PostprocessConfig cfg_;
     std::string input_blob_;
