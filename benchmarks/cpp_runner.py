@@ -2,11 +2,11 @@
 
     make cpp-runner && python benchmarks/cpp_runner.py [--rounds 5] [--runs 10]
 
-Per family (SSDLite-S: the fitted fixture when present; YOLOv3 and pruned YOLOv3: trained-like weights, whose
-values do not change the cost), one coco128 photo decoded once and given to both as the same RGB array (a PPM
-for the C++ CLI). Interleaved: each round runs the C++ CLI (`--runs N`, its own medians) then N Python
-`NcnnDetector` calls. Reports medians over the rounds of: pre-processing (resize), network, post-processing
-(decode + NMS), detect() end to end; plus JPEG decoding (stb_image vs PIL) separately.
+Per family (SSDLite-S and PicoDet-XS: the fitted fixtures when present; YOLOv3 and pruned YOLOv3: trained-like
+weights, whose values do not change the network's cost), one coco128 photo decoded once and given to both as the
+same RGB array (a PPM for the C++ CLI). Interleaved: each round runs the C++ CLI (`--runs N`, its own medians)
+then N Python `NcnnDetector` calls. Reports medians over the rounds of: pre-processing (resize), network,
+post-processing (decode + NMS), detect() end to end; plus JPEG decoding (stb_image vs PIL) separately.
 Note: the C++ runner links ncnn built as one AVX2+FMA variant (deploy/cpp/build_ncnn.sh) while the `ncnn` wheel
 dispatches at run time (AVX-512/VNNI here): network times differ by kernels, not by language.
 Writes BENCHMARKS.md section `cpp-runner`.
@@ -14,6 +14,7 @@ Writes BENCHMARKS.md section `cpp-runner`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import ROOT, command_line, machine_line, parser, replace_section
+from harness import ROOT, command_line, machine_info, machine_line, parser, replace_section
 
 from pocketdet.api import load  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
@@ -34,14 +35,15 @@ from pocketdet.deploy.mobile import NcnnDetector, export_ncnn  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 
 RUNNER = ROOT / ".cache" / "cpp-runner" / "pocketdet_detect"
-FITTED = ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt"
+FITTED = {"ssdlite_mnv3_small_320": ROOT / "tests" / "fixtures" / "fitted" / "ssdlite_small_fit.pt",
+          "picodet_xs_320": ROOT / "tests" / "fixtures" / "fitted" / "picodet_xs_fit.pt"}
 TRAIN = sorted((ROOT / "data" / "coco128" / "images" / "train2017").glob("*.jpg"))
-FAMILIES = ["ssdlite_mnv3_small_320", "yolov3_mnv3_large_320", "yolov3_mnv3_large_320_prune_fpgm"]
+FAMILIES = ["ssdlite_mnv3_small_320", "yolov3_mnv3_large_320", "yolov3_mnv3_large_320_prune_fpgm", "picodet_xs_320"]
 
 
 def export(name: str, tmp: Path) -> tuple[Path, str]:
-    if name == "ssdlite_mnv3_small_320" and FITTED.is_file():
-        return export_ncnn(load(FITTED).eval(), tmp / "fitted", name=name), "fitted fixture"
+    if name in FITTED and FITTED[name].is_file():
+        return export_ncnn(load(FITTED[name]).eval(), tmp / f"fitted_{name}", name=name), "fitted fixture"
     torch.manual_seed(0)
     m = make_trained_like(build_model(load_config(name).model), TRAIN[:8])
     return export_ncnn(m, tmp / name, name=name), "trained-like"
@@ -80,6 +82,7 @@ def main() -> None:
     if not RUNNER.is_file():
         sys.exit(f"{RUNNER} not built: run `make cpp-runner`")
     torch.set_num_threads(1)
+    machine = machine_info()  # its load average: at the start
     tmp = Path(tempfile.mkdtemp(prefix="cpp-runner-bench-"))
     photo = TRAIN[0]
     rgb = npops.load_rgb(photo)
@@ -108,9 +111,9 @@ def main() -> None:
         dec_py.append(time.perf_counter() - t0)
     body = "\n".join([
         "## C++ runner vs Python runtime (issue 20)", "",
-        f"`{command_line(__file__)}`, {machine_line()} Photo {photo.name} "
-        f"({rgb.shape[1]}x{rgb.shape[0]}), ncnn 1 thread. The machine was shared and loaded (2 cores, ~9 "
-        "sessions): medians of interleaved rounds; read the ratios.",
+        f"`{command_line(__file__)}`, {machine_line(machine)} Load average at the end "
+        f"{[round(v, 2) for v in os.getloadavg()]}. Photo {photo.name} ({rgb.shape[1]}x{rgb.shape[0]}), ncnn 1 "
+        "thread. The machine was shared with other sessions: medians of interleaved rounds; read the ratios.",
         "The C++ side links ncnn built from the PyPI sdist as one AVX2+FMA variant; the Python side is the `ncnn` "
         "wheel (runtime dispatch, AVX-512 here), so the network column compares builds, not languages. "
         "What Python costs around the network is the pre + post columns.", "",
