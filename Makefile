@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev,mobile,bench,video]'
 	@touch $(STAMP)
 
-# `make demo WEIGHTS=coco`: the official COCO-trained model on the held-out photos (downloads once)
+# `make demo WEIGHTS=coco`: the official COCO-trained model on the held-out photos (downloads once);
+# `make demo MODEL=picodet_xs_320`: the same job with another zoo model (default ssdlite_mnv3_small_320)
 demo: install
-	$(PY) -m pocketdet.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m pocketdet.demo $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(MODEL),--model $(MODEL))
 
 test: install
 	$(PY) -m pytest -q
