@@ -204,3 +204,30 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_ema_follows_buffers_shaped_at_the_first_forward():
+    """QAT observers' per-channel scales start as [1] and get their shape at the first forward: the EMA (PicoDet's
+    recipe has one) copies such a buffer instead of failing to broadcast, and keeps averaging the rest."""
+    from pocketdet.engine.ema import ModelEMA
+
+    class Lazy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+            self.register_buffer("scale", torch.ones(1))
+
+        def forward(self, x):
+            if self.scale.numel() == 1:
+                self.scale.resize_(8).fill_(2.0)
+            return x * self.w.sum()
+
+    m = Lazy()
+    ema = ModelEMA(m, decay=0.5)
+    m(torch.ones(1))
+    with torch.no_grad():
+        m.w.fill_(1.0)
+    ema.update(m)
+    assert torch.equal(ema.module.scale, torch.full((8,), 2.0))
+    d = 0.5 * (1 - pow(2.718281828, -1 / 2000))
+    assert torch.allclose(ema.module.w, torch.full((3,), 1 - d))

@@ -20,11 +20,14 @@ class ModelEMA:
         # warm-up of the decay so early weights are not dominated by the random init
         d = self.decay * (1 - pow(2.718281828, -self.updates / 2000))
         msd = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+        for k, v in self.module.state_dict(keep_vars=True).items():  # the tensors themselves: resize_ sticks
+            src = msd[k].detach()
+            if v.shape != src.shape:  # shaped at the first forward: QAT observers' per-channel scales start as [1]
+                v.resize_(src.shape).copy_(src)
+            elif v.dtype.is_floating_point:
+                v.mul_(d).add_(src, alpha=1 - d)
             else:
-                v.copy_(msd[k])
+                v.copy_(src)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
