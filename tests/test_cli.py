@@ -39,6 +39,32 @@ def test_train_val_predict(tmp_path, tiny_coco):
     assert set(det) == {"box_xyxy", "score", "label", "class_name"}
 
 
+def test_train_gpu_aug_runs_the_device_pipeline_and_refuses_other_recipes(tmp_path, tiny_coco, monkeypatch):
+    """`--gpu-aug` wires data/gpu_aug.py into `pocketdet train` (here on CPU tensors: the same code as on CUDA);
+    a recipe whose augmentation is not `ssd` is refused in one line before any work."""
+    from pocketdet.data import gpu_aug
+
+    calls = []
+    real = gpu_aug.DeviceSSDAugment.__call__
+
+    def spy(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+    monkeypatch.setattr(gpu_aug.DeviceSSDAugment, "__call__", spy)
+    img_dir, ann_file, _ = tiny_coco
+    data = tmp_path / "d.yaml"
+    data.write_text(f"train: {{images: {img_dir}, annotations: {ann_file}}}\n")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "ssdlite_mnv3_small_320", "--data", str(data), "--out", str(out), "--iters", "2",
+                            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--gpu-aug", "--no-eval"])
+    assert r.exit_code == 0, r.output
+    assert (out / "last.pt").exists() and len(calls) == 2
+    r = runner.invoke(app, ["train", "yolov3_mnv3_large_320", "--data", str(data), "--out", str(tmp_path / "y"),
+                            "--iters", "1", "--device", "cpu", "--gpu-aug"])
+    err = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(err) == 1 and "--gpu-aug" in err[0] and "train.augment=yolo" in err[0], r.output
+
+
 @pytest.mark.parametrize("args,msg", [
     (["train", "no_such_model", "--data", "x.yaml"], "unknown zoo model 'no_such_model'"),
     (["train", "ssdlite_mnv3_small_320", "--data", "missing.yaml"], "dataset YAML not found"),

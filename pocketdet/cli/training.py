@@ -27,6 +27,9 @@ def train(
                                           "weights, downloaded once) | CKPT.pt | FILE.pdparams; other classes: "
                                           "class layers rebuilt, classes with a trained name keep their rows"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip periodic evaluation"),
+    gpu_aug: bool = typer.Option(False, "--gpu-aug", help="`augment: ssd` recipes: decode and augment each batch "
+                                 "on the training device (nvJPEG + batched tensor ops; workers only read bytes), "
+                                 "see docs/data_pipeline.md; off: the CPU pipeline in the workers"),
     set_: list[str] = typer.Option([], "--set", help="config override key=value, e.g. train.ema_decay=0.9998"),
 ):
     """Train a zoo model on a COCO-format or YOLO-txt dataset.
@@ -58,7 +61,7 @@ def train(
             _fail("--weights initialises the whole detector, backbone included: drop --pretrained")
         init_fn = (_weights_init(model, weights) if weights else
                    _pretrained_init(pretrained) if pretrained else _frozen_norm_init(train_ds))
-        hooks = _family_hooks(cfg)
+        hooks = _family_hooks(cfg, gpu_aug)
         result = run_train(cfg, train_ds, TrainOptions(out_dir=out_dir, device=device, resume=resume_path,
                                                         eval_dataset=val_ds, init_fn=init_fn, **hooks))
     except _user_errors() + (WeightConversionError,) as e:
@@ -148,8 +151,9 @@ def _frozen_norm_init(dataset, n: int = 16):
     return init
 
 
-def _family_hooks(cfg) -> dict:
-    """Per-family hooks: data (ssd: undecoded photos for the reduced decode; YOLOv3 multi-scale + mixup; R-CNN and
-    PicoDet multi-scale) and per-iteration model state (PicoDet: which assigner)."""
+def _family_hooks(cfg, gpu_aug: bool = False) -> dict:
+    """Per-family hooks: data (ssd: undecoded photos for the reduced decode, or with `gpu_aug` the batched device
+    pipeline; YOLOv3 multi-scale + mixup; R-CNN and PicoDet multi-scale) and per-iteration model state (PicoDet:
+    which assigner)."""
     from ..engine.family_hooks import hooks_for
-    return hooks_for(cfg)
+    return hooks_for(cfg, gpu_aug=gpu_aug)

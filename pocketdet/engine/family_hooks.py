@@ -6,16 +6,22 @@ import torch
 
 from ..config import ConfigError
 from ..data.base import DetectionDataset, PhotoFiles
+from ..data.gpu_aug import train_hooks as gpu_train_hooks
 from ..data.picodet_aug import multiscale_sizes
 from ..data.rcnn_aug import RCNNMultiScaleCollate
 from ..data.yolo_aug import MixupDataset, RandomShapeCollate
 
 
-def hooks_for(cfg) -> dict:
-    """TrainOptions fields for a config: those of its augmentation, plus its model family's per-iteration hook."""
+def hooks_for(cfg, gpu_aug: bool = False) -> dict:
+    """TrainOptions fields for a config: those of its augmentation, plus its model family's per-iteration hook.
+    `gpu_aug`: the `ssd` augmentation batched on the training device (data/gpu_aug.py) instead of in the workers."""
     aug = cfg.train.augment
+    if gpu_aug and aug != "ssd":
+        raise ConfigError(f"config {cfg.name}: --gpu-aug runs the `ssd` augmentation on the device; this recipe "
+                          f"uses train.augment={aug}")
+    ssd = (lambda c: gpu_train_hooks(int(c.model.get("input_size", 320)))) if gpu_aug else (lambda c: ssd_hooks())
     hooks = {"yolo": yolo_hooks, "rcnn": rcnn_hooks, "picodet": picodet_aug_hooks,
-             "ssd": lambda c: ssd_hooks()}.get(aug, lambda c: {})(cfg)
+             "ssd": ssd}.get(aug, lambda c: {})(cfg)
     if cfg.model["arch"] == "picodet":
         hooks["iteration_hook"] = picodet_assigner_hook(cfg)
     return hooks
