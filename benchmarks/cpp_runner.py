@@ -30,7 +30,7 @@ from harness import ROOT, command_line, machine_info, machine_line, parser, repl
 from pocketdet.api import load  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import make_trained_like  # noqa: E402
+from pocketdet.deploy.trained_like import make_trained_like  # noqa: E402
 from pocketdet.deploy.mobile import NcnnDetector, export_ncnn  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 

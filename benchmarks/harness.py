@@ -18,8 +18,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
-from pocketdet.deploy.bench import (machine_info, machine_markdown, replace_section, stats_ms,  # noqa: E402,F401
-                                    time_interleaved)
+from pocketdet.deploy.bench import replace_section  # noqa: E402,F401
+from pocketdet.deploy.timing import (machine_info, machine_markdown, stats_ms,  # noqa: E402,F401
+                                     time_interleaved)
 
 
 def today() -> str:

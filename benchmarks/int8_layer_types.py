@@ -24,7 +24,7 @@ from harness import command_line, machine_info, machine_line, medians_ms, parser
 from pocketdet.compress.quant import OrtQuantOptions, ptq  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
-from pocketdet.deploy.bench import calibration_images, make_trained_like  # noqa: E402
+from pocketdet.deploy.trained_like import calibration_images, make_trained_like  # noqa: E402
 from pocketdet.deploy.export import export_onnx  # noqa: E402
 from pocketdet.deploy.runtime import Detector  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402

@@ -24,7 +24,7 @@ from harness import ROOT, command_line, machine_line, medians_ms, parser, replac
 from pocketdet.api import load  # noqa: E402
 from pocketdet.config import load_config  # noqa: E402
 from pocketdet.data import build_dataset, load_dataset_yaml  # noqa: E402
-from pocketdet.deploy.bench import make_trained_like  # noqa: E402
+from pocketdet.deploy.trained_like import make_trained_like  # noqa: E402
 from pocketdet.deploy.mobile import NcnnDetector, export_ncnn  # noqa: E402
 from pocketdet.deploy.ncnn_int8 import quantize_ncnn  # noqa: E402
 from pocketdet.engine.evaluate import coco_eval  # noqa: E402

@@ -26,7 +26,7 @@ from . import api
 from .config import apply_overrides, load_config
 from .data import build_dataset, load_dataset_yaml
 from .data.coco_names import COCO_CLASSES
-from .deploy.bench import stats_ms, time_interleaved
+from .deploy.timing import stats_ms, time_interleaved
 from .deploy.export import export_onnx
 from .deploy.runtime import Detector
 from .engine.evaluate import evaluate

@@ -195,7 +195,7 @@ def test_bench_prints_table_writes_only_under_out_and_int8_sits_next_to_fp32(tmp
     import warnings
 
     from pocketdet.compress import quant
-    from pocketdet.deploy.bench import calibration_images
+    from pocketdet.deploy.trained_like import calibration_images
 
     monkeypatch.setattr(quant, "bench_int8_export", lambda model, path, name, not_quant=(): (
         path.write_bytes(quant.ptq(model, calibration_images(2), not_quant, name=name)), path)[1])

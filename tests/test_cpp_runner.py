@@ -19,7 +19,7 @@ from PIL import Image
 
 from pocketdet.config import load_config
 from pocketdet.deploy import npops
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

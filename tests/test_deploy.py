@@ -13,7 +13,8 @@ from torchvision.ops import batched_nms as tv_batched_nms
 
 from pocketdet.config import load_config
 from pocketdet.deploy import npops
-from pocketdet.deploy.bench import make_trained_like, replace_section
+from pocketdet.deploy.bench import replace_section
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.export import (ExportVerificationError, VerifyReport, compare_detections, export_model,
                                      export_onnx, verify_export)
 from pocketdet.deploy.runtime import Detector, ModelFileError

@@ -9,7 +9,7 @@ import torch
 
 from pocketdet.config import load_config
 from pocketdet.deploy import npops, rcnn_ops
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.export import VerifyReport, compare_detections, export_onnx, verify_export
 from pocketdet.deploy.runtime import Detector
 from pocketdet.models import build_model

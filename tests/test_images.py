@@ -17,7 +17,7 @@ from pocketdet.config import load_config
 from pocketdet.data import CocoDetection, DataError
 from pocketdet.data.transforms import build_train_transforms
 from pocketdet.deploy import npops
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.export import VerifyReport, compare_detections, export_onnx
 from pocketdet.deploy.runtime import Detector
 from pocketdet.models import build_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pocketdet.config import load_config
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.ncnn_int8 import kl_threshold, quantize_ncnn, quantize_weights, read_param
 from pocketdet.models import build_model
 

@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 
 from pocketdet.config import load_config
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.export import export_onnx, verify_export
 from pocketdet.deploy.runtime import Detector
 from pocketdet.models import build_model

@@ -191,7 +191,8 @@ def test_bench_times_quant_entries_as_int8_next_to_fp32(tmp_path):
     import onnx
 
     from pocketdet.compress.quant import ptq
-    from pocketdet.deploy.bench import INT8, bench_report, calibration_images, run_bench
+    from pocketdet.deploy.bench import INT8, bench_report, run_bench
+    from pocketdet.deploy.trained_like import calibration_images
 
     seen = {}
 
@@ -215,7 +216,7 @@ def test_cascade_rcnn_int8_runs_in_onnx_runtime(tmp_path):
     """Cascade R-CNN's two-part file: each part quantized on its own (dense convs; RoI FC layers) from the
     deployed runtime's own calibration feeds, merged back into one file that `Detector` runs, on a real photo. The merged fp32 file itself is refused with the route."""
     from pocketdet.config import load_config
-    from pocketdet.deploy.bench import make_trained_like
+    from pocketdet.deploy.trained_like import make_trained_like
     from pocketdet.deploy.export import export_onnx
     from pocketdet.models import build_model
 

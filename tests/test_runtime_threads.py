@@ -9,7 +9,7 @@ import torch
 
 from pocketdet.config import load_config
 from pocketdet.deploy import npops
-from pocketdet.deploy.bench import make_trained_like
+from pocketdet.deploy.trained_like import make_trained_like
 from pocketdet.deploy.export import export_onnx
 from pocketdet.deploy.runtime import Detector
 from pocketdet.models import build_model

@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python tools/cascade_static_e2e.py [--sizes 320 640] [--images a.jpg ...] \
         [--paddle-python .venv-paddle/bin/python] [--fixture tests/fixtures/cascade_static_e2e.npz]
 
-For each size: a "trained-like" model (`deploy.bench.make_trained_like`, seed 0: frozen BN calibrated on
+For each size: a "trained-like" model (`deploy.trained_like.make_trained_like`, seed 0: frozen BN calibrated on
 photos, sharpened logits, so scores pass 0.05 and the stages move boxes) is written in the seed's static
 persistables layout (`<name>/<static variable>` LoDTensor files, tarred) and converted back with
 `pocketdet convert`'s `convert_paddle`; every step below uses the *converted* model. Paddle's side
@@ -44,7 +44,7 @@ from pocketdet.config import load_config  # noqa: E402
 from pocketdet.convert.paddle import convert_paddle  # noqa: E402
 from pocketdet.convert.paddle_io import write_lod_tensor  # noqa: E402
 from pocketdet.convert.paddle_names import dygraph_to_static, to_paddle_dygraph  # noqa: E402
-from pocketdet.deploy.bench import calibration_images, make_trained_like  # noqa: E402
+from pocketdet.deploy.trained_like import calibration_images, make_trained_like  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 
 VAL = ROOT / "data" / "coco128" / "images" / "val2017"

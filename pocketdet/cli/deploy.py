@@ -69,10 +69,9 @@ def bench(
     _setup_logging()
     from ..api import model_from_name_or_checkpoint
     from ..compress.quant import bench_int8_export
-    from ..deploy.bench import bench_command, machine_info
+    from ..deploy.bench import bench_command, rows_markdown
     from ..deploy.bench_checks import ap_gate, ap_lines, int8_slower
-
-    from ..deploy.bench import rows_markdown
+    from ..deploy.timing import machine_info
 
     if max_ap_drop is not None and data is None:
         _fail("--max-ap-drop needs --data (the dataset to measure AP on)")

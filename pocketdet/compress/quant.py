@@ -165,7 +165,7 @@ def qat_recipe(cfg):
 def bench_int8_export(model, path, name: str, not_quant=()) -> Path:
     """`pocketdet bench`'s int8 models: PTQ calibrated on the bundled coco128 photos that also make the
     bench's weights trained-like, written to `path`."""
-    from pocketdet.deploy.bench import calibration_images
+    from pocketdet.deploy.trained_like import calibration_images
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

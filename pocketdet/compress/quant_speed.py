@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pocketdet.deploy.bench import machine_info, time_interleaved
+from pocketdet.deploy.timing import machine_info, time_interleaved
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_tile")
 
@@ -19,7 +19,7 @@ def time_fp32_vs_int8(fp32_path, int8_path, runs: int = 10, warmup: int = 2, thr
     """Median forward ms of both ONNX files in ORT at `threads`, interleaved (same load for both), on one
     coco128 photo pre-processed by the runtime; {"fp32_ms", "int8_ms", "ratio", "threads", "runs"}."""
     from pocketdet.deploy import npops
-    from pocketdet.deploy.bench import calibration_images
+    from pocketdet.deploy.trained_like import calibration_images
     from pocketdet.deploy.runtime import Detector
 
     fp32, int8 = Detector(fp32_path, threads=threads), Detector(int8_path, threads=threads)

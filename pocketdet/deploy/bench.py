@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,124 +9,8 @@ import numpy as np
 import torch
 
 from .bench_checks import INT8, ap_lines, measure_ap
-
-
-def _load_chw(path) -> torch.Tensor:
-    from . import npops
-
-    return torch.from_numpy(npops.load_rgb(path).copy()).permute(2, 0, 1).float() / 255.0
-
-
-@torch.no_grad()
-def make_trained_like(model, calib_images, logit_scale: float = 60.0, background_offset: float = 100.0):
-    """Turn a randomly initialised SSD-style model into one whose outputs *look* trained, for latency and
-    parity measurements only (no accuracy): BN statistics re-estimated on real photos (random-init
-    activations otherwise shrink to ~1e-10 through the network, which makes every comparison vacuous), then
-    the class logits sharpened and the background favoured so that, like a trained SSDLite, a few hundred
-    (class, prior) pairs pass the 0.01 score threshold instead of all of them (measured: ~285 per coco128
-    photo for SSDLite-MNV3-Small). Modifies and returns `model` (eval mode).
-    PicoDet: `picodet_export.sharpen_head` after the BN statistics.
-    Cascade R-CNN (frozen BN, two stages): see `_make_cascade_trained_like`."""
-    if hasattr(model, "calibrate_frozen_norm"):
-        return _make_cascade_trained_like(model, calib_images)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [b.momentum for b in bns]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    x, _ = model.resize_images([_load_chw(p) for p in calib_images])
-    model.forward_raw(model.normalize(x))
-    for b, mom in zip(bns, saved):
-        b.momentum = mom
-    model.eval()
-    if getattr(model, "arch", None) == "picodet":  # class / box logits spread, class bias set from the photos
-        from .picodet_export import sharpen_head
-
-        sharpen_head(model, model.normalize(x))
-        return model
-    head = getattr(model, "ssd_head", None)
-    if head is not None:
-        c = head.num_classes
-        for i in range(head.levels):
-            w = getattr(head, f"scores{i}").pw_conv.weight  # [A*(C+1), Cin, 1, 1]; background is class 0
-            w.mul_(logit_scale)
-            w.view(-1, c, w.shape[1])[:, 0] += background_offset / w.shape[1]
-    return model
-
-
-@torch.no_grad()
-def _make_cascade_trained_like(model, calib_images, rpn_scale: float = 100.0, cls_scale: float = 30.0,
-                               background_offset: float = 15.0, box_scale: float = 10.0):
-    """Cascade R-CNN with outputs that look trained: frozen-BN statistics from real photos
-    (`calibrate_frozen_norm`), RPN logits spread to a few units (random init: |logit| < 0.03, so the top-k
-    would choose among near-ties), class logits sharpened with the background favoured, and box deltas
-    enlarged so the cascade stages move the boxes. Measured on 6 coco128 val photos (320 model): 4..100
-    detections above the 0.05 score threshold, max scores 0.16..0.38."""
-    model.calibrate_frozen_norm([_load_chw(p) for p in calib_images])
-    model.rpn.head.cls_logits.weight.mul_(rpn_scale)
-    for stage in model.roi_heads.stages:
-        stage.cls_score.weight.mul_(cls_scale)
-        stage.cls_score.bias[0] += background_offset
-        stage.bbox_pred.weight.mul_(box_scale)
-    return model.eval()
-
-
-def calibration_images(n: int = 16) -> list[Path]:
-    root = Path(__file__).resolve().parents[2] / "data" / "coco128" / "images" / "train2017"
-    return sorted(root.glob("*.jpg"))[:n]
-
-
-# -- machine ------------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    """CPU model, logical cores, the SIMD flags that matter for inference, load average."""
-    import os
-    import platform
-
-    info = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(), "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                info["cpu"] = val.strip()
-            elif key == "flags" and not info["flags"]:
-                have = set(val.split())
-                info["flags"] = [f for f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni",
-                                             "avx_vnni", "amx_tile") if f in have]
-    except OSError:
-        pass
-    try:
-        info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
-    import onnxruntime
-    info["versions"] = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                        "numpy": np.__version__}
-    try:
-        import ncnn
-        info["versions"]["ncnn"] = getattr(ncnn, "__version__", "?")
-    except ImportError:
-        pass
-    return info
-
-
-def gemm_peak_gflops(threads: int = 1, n: int = 1024, seconds: float = 1.5) -> float:
-    """Measured fp32 GEMM throughput (torch.mm, n x n), best of repeated runs: the machine's practical peak."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        best, t_end = float("inf"), time.perf_counter() + seconds
-        while time.perf_counter() < t_end:
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-        return 2 * n ** 3 / best / 1e9
-    finally:
-        torch.set_num_threads(prev)
+from .timing import machine_info, machine_markdown, stats_ms, time_interleaved
+from .trained_like import _load_chw, calibration_images, make_trained_like
 
 
 def dense_flops(model) -> int:
@@ -138,27 +21,6 @@ def dense_flops(model) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model.forward_raw(torch.zeros(1, 3, s, s))
     return int(fc.get_total_flops())
-
-
-# -- timing -------------------------------------------------------------------------------------------------
-def time_interleaved(fns: dict, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Run every function `runs` times, round-robin, so that load changes on a shared machine hit all of
-    them alike; returns seconds per call."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
-def stats_ms(ts: list[float]) -> dict:
-    a = np.asarray(ts) * 1e3
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "min_ms": float(a.min())}
 
 
 @dataclass
@@ -336,12 +198,6 @@ def rows_markdown(rows: list[BenchRow]) -> str:
                      f"{e['median_ms']:.1f} / {e['p90_ms']:.1f} | {e['median_ms'] / f['median_ms']:.2f} | "
                      f"{r.gflops:.2f} | {r.box_ap if r.box_ap is not None else '—'} |" + ap_cell)
     return "\n".join(lines)
-
-
-def machine_markdown(info: dict) -> str:
-    v = ", ".join(f"{k} {val}" for k, val in info.get("versions", {}).items())
-    return (f"Machine: {info['cpu']}, {info['logical_cores']} logical cores, flags {' '.join(info['flags'])}; "
-            f"load average at start {info.get('load_avg')}; {v}.")
 
 
 def plot_latency_vs_ap(rows: list[BenchRow], path, threads: int = 1) -> Path | None:

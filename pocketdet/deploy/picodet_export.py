@@ -48,7 +48,7 @@ def picodet_arch_meta(model) -> dict:
 def sharpen_head(model, x: torch.Tensor, candidates: float = 300.0, cls_std: float = 10.0,
                  reg_std: float = 1.5) -> None:
     """Make a random-init PicoDet's outputs look trained, for latency and parity measurements only (no
-    accuracy), after its BN statistics were taken from real photos (`bench.make_trained_like`).
+    accuracy), after its BN statistics were taken from real photos (`trained_like.make_trained_like`).
 
     1. Every BN variance is raised to at least its layer's median: random convs leave channels that hardly
        vary on the calibration photos, and dividing by their tiny variance made the network chaotic on other
