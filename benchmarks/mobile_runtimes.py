@@ -14,7 +14,8 @@ import torch
 from harness import ROOT, parser, stats_ms, time_interleaved
 from pocketdet.config import load_config
 from pocketdet.deploy import npops
-from pocketdet.deploy.export import export_onnx, graph_spec
+from pocketdet.deploy.export import export_onnx
+from pocketdet.deploy.graphs import graph_spec
 from pocketdet.deploy.mobile import NcnnDetector, export_ncnn
 from pocketdet.deploy.runtime import Detector
 from pocketdet.models import build_model

@@ -25,7 +25,8 @@ from pocketdet.config import load_config  # noqa: E402
 from pocketdet.deploy import npops  # noqa: E402
 from pocketdet.deploy.timing import gemm_peak_gflops  # noqa: E402
 from pocketdet.deploy.trained_like import calibration_images, make_trained_like  # noqa: E402
-from pocketdet.deploy.export import export_onnx, graph_spec  # noqa: E402
+from pocketdet.deploy.export import export_onnx  # noqa: E402
+from pocketdet.deploy.graphs import graph_spec  # noqa: E402
 from pocketdet.deploy.runtime import Detector  # noqa: E402
 from pocketdet.models import build_model  # noqa: E402
 

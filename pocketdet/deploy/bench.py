@@ -72,7 +72,8 @@ def run_bench(models=None, runtimes=RUNTIMES, threads=(1, 2), runs: int = 50, wa
     bench --data` passes one over a dataset split; deploy does not import engine)."""
     from pocketdet.config import zoo_names
 
-    from .export import GRAPH_WRAPPERS, export_onnx, graph_spec
+    from .export import export_onnx
+    from .graphs import GRAPH_WRAPPERS, graph_spec
     from .runtime import Detector
 
     if runs < 1:

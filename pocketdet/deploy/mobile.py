@@ -91,7 +91,8 @@ def export_ncnn(model, output, *, decode_in_graph: bool = True, name: str | None
         raise ImportError("ncnn export needs pnnx: pip install 'pocketdet[mobile]'") from None
     import torch
 
-    from .export import graph_spec, model_metadata
+    from .export import model_metadata
+    from .graphs import graph_spec
 
     param_path, bin_path, meta_path = ncnn_paths(output)
     param_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Per-architecture numpy post-processing of an exported graph's outputs (torch-free).
 
 An exported model's metadata names its `arch`; the runtime looks the arch up in `POSTPROCESSORS`.
-A new family plugs in by registering one class here (and one graph wrapper in `export.py`):
+A new family plugs in by registering one class here (and one graph wrapper in `graphs.py`):
 
     @register_postprocess("yolov3")
     class YoloPostprocess:
