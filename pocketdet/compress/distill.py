@@ -62,20 +62,10 @@ def split_distill_loss(student_raw: list[torch.Tensor], teacher_raw: list[torch.
     return {"distill_reg": reg * weight, "distill_cls": cls * weight, "distill_obj": obj * weight}
 
 
-def network_batch(model: YOLOv3, images, targets) -> tuple[torch.Tensor, list[dict]]:
-    """(un-normalised [N,3,S,S] input, targets in its pixels), as `YOLOv3.forward` prepares a training batch:
-    a multi-scale batch keeps its size, anything else is stretched to input_size."""
-    if model.multiscale_side(images):
-        x = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-        return x.float(), [{**t, "boxes": t["boxes"].float()} for t in targets]
-    x, sizes = model.resize_images(images)
-    return x, model.scale_targets(targets, sizes)
-
-
 def distill_step_losses(student: YOLOv3, teacher: YOLOv3 | None, images, targets,
                         weight: float = DISTILL_WEIGHT) -> dict[str, torch.Tensor]:
     """The student's YOLOv3 loss terms plus (with a teacher) the three distillation terms."""
-    x, tg = network_batch(student, images, targets)
+    x, tg = student.training_batch(images, targets)
     s_raw = student.forward_raw(student.normalize(x))
     losses = student.yolo_loss(s_raw, tg, (int(x.shape[-2]), int(x.shape[-1])))
     if teacher is not None:

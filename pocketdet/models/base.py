@@ -36,6 +36,7 @@ def square_batch_side(images, multiple: int) -> int:
 
 class DetectionModel(nn.Module):
     arch: str = "base"
+    multiscale_multiple: int = 0  # > 0: square batches of a side divisible by it train at their own size
 
     def __init__(self, num_classes: int, class_names: list[str] | None, input_size: int,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -77,13 +78,24 @@ class DetectionModel(nn.Module):
 
     # -- the common entry point -----------------------------------------------------------------
     def forward(self, images, targets: list[dict[str, torch.Tensor]] | None = None):
-        x, sizes = self.resize_images(images)
-        x = self.normalize(x)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            return self.compute_loss(x, self.scale_targets(targets, sizes))
-        return self.postprocess(self.forward_raw(x), sizes)
+            x, targets = self.training_batch(images, targets)
+            return self.compute_loss(self.normalize(x), targets)
+        x, sizes = self.resize_images(images)
+        return self.postprocess(self.forward_raw(self.normalize(x)), sizes)
+
+    def training_batch(self, images, targets) -> tuple[torch.Tensor, list[dict]]:
+        """(un-normalised [N,3,S,S] input, targets in its pixels). Families trained multi-scale (a random size per
+        batch: YOLOv3's RandomShape, PicoDet's BatchRandomResize) set `multiscale_multiple`: a batch of equal
+        squares whose side is such a multiple then trains at its own size; anything else is stretched to
+        input_size (the eval size)."""
+        if self.multiscale_multiple and square_batch_side(images, self.multiscale_multiple):
+            x = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+            return x.float(), [{**t, "boxes": t["boxes"].float()} for t in targets]
+        x, sizes = self.resize_images(images)
+        return x, self.scale_targets(targets, sizes)
 
     def scale_targets(self, targets, sizes):
         s = float(self.input_size)

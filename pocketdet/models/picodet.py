@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import DetectionModel, square_batch_side
+from .base import DetectionModel
 from .lcnet import LCNet
 from .lcpan import LCPAN
 from .picodet_head import PicoHeadV2
@@ -33,6 +33,7 @@ PICODET_VARIANTS: dict[str, dict] = {
 
 class PicoDet(DetectionModel):
     arch = "picodet"
+    multiscale_multiple = 32  # the reader's BatchRandomResize: 256..384 for the 320 models
 
     def __init__(self, variant: str = "s", num_classes: int = 80, class_names=None, input_size: int = 320,
                  backbone_scale: float | None = None, neck_channels: int | None = None,
@@ -113,17 +114,6 @@ class PicoDet(DetectionModel):
         return scores, self.decode(reg_dists)
 
     # -- training -----------------------------------------------------------------------------------
-    def forward(self, images, targets=None):
-        # Multi-scale training (the reader's BatchRandomResize, 256..384 for 320): in training mode a batch of
-        # equal squares whose side is a multiple of 32 is trained at its own size, its boxes taken as pixels of
-        # that size. Anything else is stretched to input_size (the eval size).
-        if self.training and square_batch_side(images, 32):
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            x = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-            return self.compute_loss(self.normalize(x.float()), [{**t, "boxes": t["boxes"].float()} for t in targets])
-        return super().forward(images, targets)
-
     def compute_loss(self, x, targets):
         """{"loss_vfl", "loss_bbox", "loss_dfl"} of PicoHeadV2 (`picodet_loss.py`), with ATSS assignment while
         `use_static_assigner`, task-aligned after."""

@@ -167,6 +167,7 @@ class YOLOv3(DetectionModel):
         self.anchors = [list(map(float, a)) for a in anchors]
         self.anchor_masks = [list(map(int, m)) for m in anchor_masks]
         self.downsample_ratios = [int(d) for d in downsample_ratios]
+        self.multiscale_multiple = max(self.downsample_ratios)  # RandomShape sizes (spec §4.5) train as they are
         if len(self.anchor_masks) != len(self.downsample_ratios):
             raise ValueError(f"{len(self.anchor_masks)} anchor masks for {len(self.downsample_ratios)} "
                              "downsample ratios")
@@ -205,28 +206,6 @@ class YOLOv3(DetectionModel):
     def forward_raw(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Raw head maps, coarse to fine: [N, A*(5+C), H/32, W/32], [.., H/16, ..], [.., H/8, ..]."""
         return self.yolo_head(self.neck(self.backbone(x)))
-
-    def forward(self, images, targets=None):
-        # Multi-scale training (spec §4.5 RandomShape): in training mode a batch of square images whose side
-        # is a multiple of 32 (one tensor [N,3,S,S] or a list of equal [3,S,S]) is trained at its own size,
-        # its boxes taken as pixels of that size. Anything else is stretched to input_size (the eval size).
-        if self.training and self.multiscale_side(images):
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            x = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
-            x = self.normalize(x.float())
-            return self.compute_loss(x, [{**t, "boxes": t["boxes"].float()} for t in targets])
-        return super().forward(images, targets)
-
-    def multiscale_side(self, images) -> int:
-        """S if `images` is a batch of S x S images with S a multiple of the largest stride, else 0."""
-        shapes = ({tuple(images.shape[1:])} if isinstance(images, torch.Tensor) and images.dim() == 4
-                  else {tuple(im.shape) for im in images} if isinstance(images, (list, tuple)) and images
-                  and all(isinstance(im, torch.Tensor) and im.dim() == 3 for im in images) else set())
-        if len(shapes) != 1:
-            return 0
-        c, h, w = next(iter(shapes))
-        return h if c == 3 and h == w and h % max(self.downsample_ratios) == 0 else 0
 
     # -- training ---------------------------------------------------------------------------------
     def compute_loss(self, x: torch.Tensor, targets) -> dict[str, torch.Tensor]:
