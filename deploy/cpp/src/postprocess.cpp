@@ -3,10 +3,11 @@
 // order), greedy NMS within each class with torchvision's float32 IoU, at most keep_top_k kept.
 //
 // Greedy NMS decides a pair from the better pairs only (its rank within its class, whether a kept box of
-// its class overlaps it), so solving the m best pairs gives the final first detections; m starts at
-// 2 * keep_top_k and doubles while fewer than keep_top_k survive (as npops.class_wise_nms). The m best are
-// picked while scanning the scores, with a bounded heap: an undertrained YOLOv3 has ~500k (box, class)
-// pairs over a 0.01 threshold, and storing then partitioning them all cost more than numpy's whole tail.
+// its class overlaps it), so solving the m best pairs gives the final first detections (as
+// npops.class_wise_nms). The first m = 2 * keep_top_k are picked while scanning the scores, with a bounded
+// heap, so nothing is stored per pair: an undertrained YOLOv3 has ~500k (box, class) pairs over a 0.01
+// threshold, and storing then partitioning them cost more than numpy's whole tail. Only when these leave
+// fewer than keep_top_k boxes are all pairs stored, and a best-first prefix doubled until enough survive.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -81,10 +82,10 @@ size_t best_by_heap(const ScoreRows& s, float thresh, size_t m, std::vector<Cand
     return n;
 }
 
-// The same by storing the n pairs above thresh and partitioning: cheaper once m is a fair part of them.
-void best_by_partition(const ScoreRows& s, float thresh, size_t m, size_t n, std::vector<Candidate>& best) {
-    best.clear();
-    best.reserve(n);
+// All n pairs above thresh, in row-major order, into `all`: when the heap's m best were not enough.
+void all_pairs(const ScoreRows& s, float thresh, size_t n, std::vector<Candidate>& all) {
+    all.clear();
+    all.reserve(n);
     for (int p = 0; p < s.num_priors; ++p) {
         const float* row = s.row(p);
         int above = 0;
@@ -92,12 +93,8 @@ void best_by_partition(const ScoreRows& s, float thresh, size_t m, size_t n, std
         if (above == 0) continue;
         const uint32_t base = static_cast<uint32_t>(p) * static_cast<uint32_t>(s.num_classes);
         for (int c = 0; c < s.num_classes; ++c)
-            if (row[c] > thresh) best.push_back({row[c], base + static_cast<uint32_t>(c)});
+            if (row[c] > thresh) all.push_back({row[c], base + static_cast<uint32_t>(c)});
     }
-    m = std::min(m, best.size());
-    std::nth_element(best.begin(), best.begin() + static_cast<std::ptrdiff_t>(m), best.end(), better);
-    best.resize(m);
-    std::sort(best.begin(), best.end(), better);
 }
 
 float area(const float* b) { return (b[2] - b[0]) * (b[3] - b[1]); }
@@ -112,7 +109,7 @@ float iou(const float* a, float area_a, const float* b, float area_b) {
 
 // Greedy class-wise NMS over pairs listed best first: a pair beyond its class's nms_top_k is no candidate;
 // a candidate overlapping (IoU > nms_thresh) a kept box of its class is suppressed; stops at keep_top_k.
-std::vector<Detection> greedy_nms(const std::vector<Candidate>& cand, const float* boxes, int num_classes,
+std::vector<Detection> greedy_nms(const Candidate* cand, size_t count, const float* boxes, int num_classes,
                                   const PostprocessConfig& cfg) {
     const size_t keep = static_cast<size_t>(std::max(cfg.keep_top_k, 0));
     std::vector<Detection> out;
@@ -121,7 +118,7 @@ std::vector<Detection> greedy_nms(const std::vector<Candidate>& cand, const floa
     std::vector<int> prev_kept;                   // out[k]'s previous kept detection of its class
     std::vector<const float*> kept_box;
     std::vector<float> kept_area;
-    for (size_t i = 0; i < cand.size() && out.size() < keep; ++i) {
+    for (size_t i = 0; i < count && out.size() < keep; ++i) {
         const int prior = static_cast<int>(cand[i].flat / static_cast<uint32_t>(num_classes));
         const int label = static_cast<int>(cand[i].flat % static_cast<uint32_t>(num_classes));
         if (cfg.nms_top_k >= 0 && seen[label]++ >= cfg.nms_top_k) continue;
@@ -148,14 +145,20 @@ std::vector<Detection> class_wise_nms(const float* boxes, const float* scores, i
     const ScoreRows rows{scores, num_priors, num_classes, objectness, conf_thresh,
                          std::vector<float>(objectness != nullptr ? num_classes : 0, 0.0f)};
     std::vector<Candidate> best;
-    std::vector<Detection> out;
     size_t m = static_cast<size_t>(std::max(2 * cfg.keep_top_k, 64));
-    size_t n = 0;
-    for (bool first = true;; first = false, m *= 2) {
-        if (first || 4 * m < n) n = best_by_heap(rows, cfg.score_thresh, m, best);
-        else best_by_partition(rows, cfg.score_thresh, m, n, best);
-        out = greedy_nms(best, boxes, num_classes, cfg);
-        if (static_cast<int>(out.size()) >= cfg.keep_top_k || best.size() == n) break;
+    const size_t n = best_by_heap(rows, cfg.score_thresh, m, best);
+    std::vector<Detection> out = greedy_nms(best.data(), best.size(), boxes, num_classes, cfg);
+    if (static_cast<int>(out.size()) < cfg.keep_top_k && best.size() < n) {
+        // too many suppressed or cut: all pairs, a best-first prefix doubled until enough survive
+        all_pairs(rows, cfg.score_thresh, n, best);
+        size_t sorted = 0;
+        do {
+            m = std::min(n, 2 * m);
+            if (m < n) std::nth_element(best.begin() + sorted, best.begin() + m, best.end(), better);
+            std::sort(best.begin() + sorted, best.begin() + m, better);
+            sorted = m;
+            out = greedy_nms(best.data(), m, boxes, num_classes, cfg);
+        } while (static_cast<int>(out.size()) < cfg.keep_top_k && m < n);
     }
     for (Detection& d : out) {  // scaled at the end: IoU is computed on the boxes as given
         d.x1 *= scale_x;
