@@ -137,6 +137,33 @@ def test_cpp_detections_equal_python(exported, ppm_photos):
     assert total > 10  # the comparison is not vacuous
 
 
+def test_cpp_detections_equal_python_tight_cfg(exported, ppm_photos, tmp_path):
+    """The paths the default thresholds rarely reach: a per-class cut of 2 (only the first candidates of a class
+    stay eligible, so NMS has to look far down the score order), few detections kept and, for YOLOv3, an
+    objectness threshold that drops most boxes. Both runners read these from the same metadata."""
+    from pocketdet.deploy.mobile import NcnnDetector
+
+    src = exported.param
+    meta = json.loads(src.with_name(src.name.replace(".param", ".json")).read_text())
+    meta["postprocess_cfg"].update(nms_top_k=2, keep_top_k=40, score_thresh=0.05)
+    if "conf_thresh" in meta["postprocess_cfg"]:
+        meta["postprocess_cfg"]["conf_thresh"] = 0.9
+    param = tmp_path / "tight.ncnn.param"
+    param.symlink_to(src)
+    (tmp_path / "tight.ncnn.bin").symlink_to(src.with_name(src.name.replace(".param", ".bin")))
+    (tmp_path / "tight.ncnn.json").write_text(json.dumps(meta))
+    det = NcnnDetector(param, threads=1)
+    lines = run_cpp(param, [p for p, _ in ppm_photos]).stdout.strip().split("\n")
+    total = 0
+    for line, (path, rgb) in zip(lines, ppm_photos):
+        py = det.predict(rgb)
+        cpp = json.loads(line)["detections"]
+        assert_same_detections(cpp, py, f"{src.name} (tight cfg) on {path.name}")
+        assert max(np.bincount(py["labels"], minlength=1)) <= 2  # the cut is in force
+        total += len(cpp)
+    assert total > 0
+
+
 def test_cpp_resize_equals_numpy(exported, ppm_photos, tmp_path):
     """The network input itself: the C++ antialiased resize against npops.resize_chw on the same array."""
     path, rgb = ppm_photos[0]

@@ -146,7 +146,6 @@ std::vector<Detection> Detector::detect(const uint8_t* rgb, int width, int heigh
         const float sy = static_cast<float>(static_cast<double>(height) / input_hw_[0]);
         const float hi_x = static_cast<float>(width - 1), hi_y = static_cast<float>(height - 1);
         std::vector<float> b(static_cast<size_t>(priors) * 4);
-        std::vector<float> s(static_cast<const float*>(scores), static_cast<const float*>(scores) + static_cast<size_t>(priors) * classes);
         const float* src = boxes;
         const float* objectness = obj;
         for (int p = 0; p < priors; ++p) {
@@ -155,9 +154,9 @@ std::vector<Detection> Detector::detect(const uint8_t* rgb, int width, int heigh
                 if (clip_bbox_) v = std::min(std::max(v, 0.0f), k % 2 == 0 ? hi_x : hi_y);
                 b[static_cast<size_t>(p) * 4 + k] = v;
             }
-            if (objectness[p] < cfg_.conf_thresh) std::fill_n(s.begin() + static_cast<size_t>(p) * classes, classes, 0.0f);
         }
-        found = class_wise_nms(b.data(), s.data(), priors, classes, cfg_, 1.0f, 1.0f);
+        // low objectness zeroes a box's scores: class_wise_nms skips those rows instead of a zeroed copy
+        found = class_wise_nms(b.data(), scores, priors, classes, cfg_, 1.0f, 1.0f, objectness, cfg_.conf_thresh);
     } else {
         // PicoDetPostprocess: boxes in input pixels divided by the float32 resize factor (input / original),
         // a division as numpy's (a multiply by the inverse rounds differently); no clipping, as ppdet

@@ -79,8 +79,10 @@ void resize_chw(const uint8_t* rgb, int width, int height, int size, float* out)
 
 // pocketdet.deploy.postprocess.class_wise_nms: boxes [P,4] xyxy, scores [P,C] row-major -> per class the
 // nms_top_k best above score_thresh, greedy class-wise NMS (torchvision IoU), the keep_top_k best;
-// boxes multiplied by (scale_x, scale_y).
+// boxes multiplied by (scale_x, scale_y). `objectness` [P] (optional, YOLOv3): a prior whose value is below
+// conf_thresh has all its scores taken as 0, without the caller copying and zeroing the score rows.
 std::vector<Detection> class_wise_nms(const float* boxes, const float* scores, int num_priors, int num_classes,
-                                      const PostprocessConfig& cfg, float scale_x, float scale_y);
+                                      const PostprocessConfig& cfg, float scale_x, float scale_y,
+                                      const float* objectness = nullptr, float conf_thresh = 0.0f);
 
 }  // namespace pocketdet
