@@ -40,6 +40,7 @@ from PIL import Image
 
 from pocketdet.data import CocoDetection  # noqa: E402
 from pocketdet.data import gpu_aug, rcnn_aug, yolo_aug  # noqa: E402
+from pocketdet.data.picodet_aug import build_picodet_transforms, multiscale_sizes  # noqa: E402
 from pocketdet.data.base import PhotoFile, PhotoFiles  # noqa: E402
 from pocketdet.data.loader import SeededTransformDataset, collate_detection  # noqa: E402
 from pocketdet.data.transforms import ssd_reference_transforms, ssd_train_transforms  # noqa: E402
@@ -150,6 +151,8 @@ def pipelines(ds, before: str | None = None) -> dict:
         "yolo (same draws, step by step with the zoom-out canvas)": (
             yolo_aug.MixupDataset(ds, 1.5, 1.5, until_position=10**12), yolo_aug.yolo_reference_transforms(),
             yolo_aug.RandomShapeCollate()),
+        "picodet (IoU crop + flip + distort + multi-scale 256-384; new this stop)": (
+            ds, build_picodet_transforms(), yolo_aug.RandomShapeCollate(multiscale_sizes(SIZE))),
     }
 
 
@@ -221,11 +224,19 @@ def run(rounds: int, only: list[str] | None, before: str | None) -> dict[str, di
     return out
 
 
+def load_sentence(info: dict) -> str:
+    """Whether others shared the machine, from the 1-minute load average at the start (< 1 on 2 cores: this
+    benchmark ran alone)."""
+    load = (info.get("load_avg") or [None])[0]
+    if load is not None and load < 1.0:
+        return f"The machine ran only this benchmark (load {load:.1f} at start)."
+    return "**The machine was shared with other jobs**, so absolute figures are pessimistic and noisy."
+
+
 def render(res: dict, rounds: int, info: dict, command: str) -> str:
     tv = res.get("torchvision preset `ssd`", {}).get("images_per_s")
     lines = ["## Training input speed (CPU, one worker)", "",
-             f"Command: `{command}`; {machine_line(info)} **The machine was "
-             "shared with other jobs**, so absolute figures are pessimistic and noisy; compare rows (the "
+             f"Command: `{command}`; {machine_line(info)} {load_sentence(info)} Compare rows (the "
              "pipelines took turns batch by batch). One process, one torch thread, batch "
              f"{BATCH}, {rounds} batches each, the coco128 training photos; milliseconds per image (medians over "
              "batches), from the JPEG file to the collated batch.", "",
