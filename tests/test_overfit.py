@@ -8,21 +8,14 @@ import time
 import torch
 
 from pocketdet.config import load_config
-from pocketdet.data import CocoDetection
 from pocketdet.data.loader import SeededTransformDataset, collate_detection
 from pocketdet.data.transforms import plain_train_transforms
 from pocketdet.engine.fit import fit_to_ap50
 from pocketdet.models import build_model
+from real_photos import few_real_photos
 
 
 MAX_STEPS = 300  # runs made here reach the target by 75-100 steps; the cap only bounds a broken model's time
-
-
-def few_real_photos(data_dir, n=4) -> CocoDetection:
-    ds = CocoDetection(data_dir / "coco128/images/train2017", data_dir / "coco128/annotations/instances_train2017.json")
-    area = lambda r: ((r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])).min()  # noqa: E731
-    ds.records = [r for r in ds.records if 1 <= len(r.boxes) <= 4 and area(r) > 32 * 32][:n]
-    return ds
 
 
 def test_ssdlite_overfits_four_photos(data_dir):

@@ -19,7 +19,7 @@ from pocketdet.engine.fit import fit_to_ap50
 from pocketdet.engine.family_hooks import hooks_for
 from pocketdet.models import build_model
 from pocketdet.models import picodet as picodet_module
-from test_overfit import few_real_photos
+from real_photos import few_real_photos
 
 MAX_STEPS = 300  # runs made here reach the target by 50-75 steps; the cap only bounds a broken model's time
 STATIC_STEPS = 25  # ATSS for the first steps, then the task-aligned assigner, as the recipe's schedule
