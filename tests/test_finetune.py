@@ -194,14 +194,13 @@ def test_cli_train_weights_errors(tmp_path, data_dir):
     assert r.exit_code == 2 and "holds a ssdlite model" in r.output, r.output
 
 
-def test_mapped_rows_keep_detecting_on_real_photos(fitted_ckpt, tmp_path, data_dir):
-    """The committed fitted SSDLite (80 COCO classes, 8 real photos) projected onto [giraffe, person, widget]:
-    with name mapping it still finds the giraffes and persons (AP50 high, no training); with the class rows
-    re-initialised it does not. Inference only: no CPU-dependent training."""
+def mapped_and_unmapped_ap50(model_name: str, ckpt, tmp_path, data_dir) -> tuple[float, float]:
+    """A fitted 80-class checkpoint (8 real photos, instances.json beside it) projected onto [giraffe, person,
+    widget]: AP50 on those photos with the class rows mapped by name, and with them re-initialised."""
     from pocketdet.data.coco import CocoDetection
     from pocketdet.engine.evaluate import evaluate
 
-    d = json.loads((fitted_ckpt.parent / "instances.json").read_text())
+    d = json.loads((ckpt.parent / "instances.json").read_text())
     cats = [c for c in d["categories"] if c["name"] in ("giraffe", "person")]
     cats.append({"id": 999, "name": "widget", "supercategory": "none"})  # a new class: no boxes on these photos
     ids = {c["id"] for c in cats}
@@ -209,12 +208,18 @@ def test_mapped_rows_keep_detecting_on_real_photos(fitted_ckpt, tmp_path, data_d
         a for a in d["annotations"] if a["category_id"] in ids]}))
     names = ["giraffe", "person", "widget"]
     ds = CocoDetection(data_dir / "coco128/images/train2017", tmp_path / "sub.json", names)
-    mapped = build("ssdlite_mnv3_small_320", class_names=names, weights=fitted_ckpt)
-    fitted = pocketdet.load(fitted_ckpt)
+    mapped = build(model_name, class_names=names, weights=ckpt)
+    fitted = pocketdet.load(ckpt)
     unmapped = build_model(fitted.zoo_config.model, class_names=names)
-    init_from_model(unmapped, fitted, str(fitted_ckpt), map_names=False)
-    ap_mapped = evaluate(mapped, ds, progress=False)["AP50"]
-    ap_unmapped = evaluate(unmapped.eval(), ds, progress=False)["AP50"]
+    init_from_model(unmapped, fitted, str(ckpt), map_names=False)
+    return evaluate(mapped, ds, progress=False)["AP50"], evaluate(unmapped.eval(), ds, progress=False)["AP50"]
+
+
+def test_mapped_rows_keep_detecting_on_real_photos(fitted_ckpt, tmp_path, data_dir):
+    """The committed fitted SSDLite (80 COCO classes, 8 real photos) projected onto [giraffe, person, widget]:
+    with name mapping it still finds the giraffes and persons (AP50 high, no training); with the class rows
+    re-initialised it does not. Inference only: no CPU-dependent training."""
+    ap_mapped, ap_unmapped = mapped_and_unmapped_ap50("ssdlite_mnv3_small_320", fitted_ckpt, tmp_path, data_dir)
     assert ap_mapped >= 0.7 and ap_unmapped <= 0.4, (ap_mapped, ap_unmapped)  # measured 0.88 / 0.17
 
 
@@ -222,23 +227,6 @@ def test_picodet_mapped_rows_keep_detecting_on_real_photos(tmp_path, data_dir):
     """The same with the committed fitted PicoDet-XS (tools/make_picodet_fit_fixture.py, same 8 photos). Without
     the mapping it still finds some objects: the class-free align head scores the objects' places, and every
     fresh class row gives the same prior probability there (measured AP50 1.0 mapped / 0.37 not)."""
-    from pocketdet.data.coco import CocoDetection
-    from pocketdet.engine.evaluate import evaluate
-
-    fixtures = data_dir.parent / "tests" / "fixtures" / "fitted"
-    ckpt = fixtures / "picodet_xs_fit.pt"
-    d = json.loads((fixtures / "instances.json").read_text())
-    cats = [c for c in d["categories"] if c["name"] in ("giraffe", "person")]
-    cats.append({"id": 999, "name": "widget", "supercategory": "none"})
-    ids = {c["id"] for c in cats}
-    (tmp_path / "sub.json").write_text(json.dumps({"images": d["images"], "categories": cats, "annotations": [
-        a for a in d["annotations"] if a["category_id"] in ids]}))
-    names = ["giraffe", "person", "widget"]
-    ds = CocoDetection(data_dir / "coco128/images/train2017", tmp_path / "sub.json", names)
-    mapped = build("picodet_xs_320", class_names=names, weights=ckpt)
-    fitted = pocketdet.load(ckpt)
-    unmapped = build_model(fitted.zoo_config.model, class_names=names)
-    init_from_model(unmapped, fitted, str(ckpt), map_names=False)
-    ap_mapped = evaluate(mapped, ds, progress=False)["AP50"]
-    ap_unmapped = evaluate(unmapped.eval(), ds, progress=False)["AP50"]
+    ckpt = data_dir.parent / "tests" / "fixtures" / "fitted" / "picodet_xs_fit.pt"
+    ap_mapped, ap_unmapped = mapped_and_unmapped_ap50("picodet_xs_320", ckpt, tmp_path, data_dir)
     assert ap_mapped >= 0.8 and ap_unmapped <= ap_mapped - 0.3, (ap_mapped, ap_unmapped)
